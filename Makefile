@@ -1,0 +1,39 @@
+# streamrec developer commands. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: help setup up down status test test-unit lint fmt typecheck bench-ingest clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Install everything (uv, .venv from uv.lock, Kafka jars, redis-server, postgresql)
+	@scripts/bootstrap.sh
+
+up: setup ## Start Kafka, Redis, topics, all services and the demo stream; print URLs
+	@$(PY) -m streamrec_dev.cli up
+
+down: ## Stop everything `make up` started
+	@$(PY) -m streamrec_dev.cli down
+
+status: ## Show what runs and where
+	@$(PY) -m streamrec_dev.cli status
+
+test: ## Lint, type-check and run the whole test suite (starts the servers it needs)
+	@scripts/test.sh
+
+test-unit: setup ## Unit tests only (no servers)
+	@$(PY) -m pytest tests/unit
+
+lint: setup ## ruff and mypy
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+fmt: setup ## Format and autofix
+	@.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+bench-ingest: setup ## Ingest throughput vs the raw aiokafka producer (real broker)
+	@$(PY) benchmarks/ingest_throughput.py
+
+clean: down ## Stop the stack and remove run data (.run/)
+	@rm -rf .run

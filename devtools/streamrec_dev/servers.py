@@ -1,0 +1,458 @@
+"""Real servers for the local stack and the test suite: Kafka (KRaft), Redis, PostgreSQL, services.
+
+The same classes back `streamrec up` and the pytest fixtures, so what a developer runs is what
+the tests run. Each server lives in a home folder of its own (config, data, log, PID file) and
+listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KAFKA_INFRA = REPO_ROOT / "infra" / "kafka"
+KAFKA_LIBS = KAFKA_INFRA / "libs"
+
+
+class ServerError(RuntimeError):
+    """A server could not be installed, started or reached."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+@dataclass
+class ManagedProcess:
+    """A long-running child with a PID file and a log file under ``home``.
+
+    The PID file makes ``start`` idempotent across CLI invocations (``streamrec up`` twice does
+    not start a second broker) and lets ``stop`` end exactly what was started.
+    """
+
+    name: str
+    home: Path
+    port: int
+    # The child we spawned, kept so that it is reaped (and not reported as leaked) on stop.
+    _child: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def prepare(self) -> None:
+        """Write config and data folders; called before every start."""
+
+    def healthy(self) -> bool:
+        return port_open(self.port)
+
+    def start(self, timeout: float = 60.0) -> bool:
+        """Start unless already running; return True when this call started it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.running():
+            self.wait_healthy(timeout)
+            return False
+        if port_open(self.port):
+            raise ServerError(f"{self.name}: port {self.port} is taken by another process")
+        self.prepare()
+        with self.log_file.open("ab") as log:
+            process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                env=self.environment(),
+                start_new_session=True,  # Ctrl-C in the CLI must not kill the stack
+            )
+        self._child = process
+        self.pid_file.write_text(str(process.pid))
+        try:
+            self.wait_healthy(timeout)
+        except ServerError:
+            self.stop()
+            raise
+        return True
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if not self.running():
+                raise ServerError(f"{self.name} exited during start-up; see {self.log_file}")
+            time.sleep(0.1)
+        raise ServerError(f"{self.name} not healthy after {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop gracefully (SIGTERM), then forcefully; return True when something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.05)
+        self._reap()
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _reap(self) -> None:
+        if self._child is not None:
+            with contextlib.suppress(ChildProcessError):
+                self._child.wait(timeout=5)
+            self._child = None
+
+    def kill(self) -> None:
+        """Die like a crashed process would: no shutdown hooks."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.05)
+        self._reap()
+        self.pid_file.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------- Kafka
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256((KAFKA_INFRA / "pom.xml").read_bytes()).hexdigest()[:16]
+
+
+def ensure_kafka_jars() -> Path:
+    """Resolve the broker and its runtime dependencies with Maven, once per pom.xml content."""
+    stamp = KAFKA_LIBS / ".pom-digest"
+    if stamp.exists() and stamp.read_text() == _pom_digest():
+        return KAFKA_LIBS
+    if shutil.which("java") is None or shutil.which("mvn") is None:
+        raise ServerError("Kafka needs `java` (17+) and `mvn` on PATH")
+    if KAFKA_LIBS.exists():
+        shutil.rmtree(KAFKA_LIBS)
+    result = subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(KAFKA_INFRA / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={KAFKA_LIBS}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServerError(f"maven could not resolve Kafka:\n{result.stdout}\n{result.stderr}")
+    stamp.write_text(_pom_digest())
+    return KAFKA_LIBS
+
+
+@dataclass
+class KafkaServer(ManagedProcess):
+    """A single-node KRaft broker+controller, started as bin/kafka-server-start.sh would."""
+
+    controller_port: int = 0
+    heap: str = "512m"
+    extra_config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    def _classpath(self) -> str:
+        return f"{KAFKA_LIBS}/*"
+
+    def _java(self) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            # The official kafka-run-class.sh defaults.
+            "-server",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_INFRA / 'log4j2.properties'}",
+            "-cp",
+            self._classpath(),
+        ]
+
+    def prepare(self) -> None:
+        ensure_kafka_jars()
+        if not self.controller_port:
+            raise ServerError("kafka: controller_port must be set")
+        config = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # One node: every internal topic has one replica.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics are created by the project with explicit settings, never implicitly.
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            "log.retention.hours": "168",
+            "log.segment.bytes": str(256 * 1024 * 1024),
+            **self.extra_config,
+        }
+        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
+        if not (self.data_dir / "meta.properties").exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # kafka-storage.sh format: the log directory must be formatted once before start.
+            result = subprocess.run(
+                [
+                    *self._java(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--ignore-formatted",
+                    "-t",
+                    _kafka_cluster_id(),
+                    "-c",
+                    str(self.config_file),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise ServerError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
+
+    def command(self) -> list[str]:
+        return [*self._java(), "kafka.Kafka", str(self.config_file)]
+
+    def healthy(self) -> bool:
+        if not port_open(self.port):
+            return False
+        # The listener opens before the broker has registered with the controller; ask for
+        # metadata, which only a broker that is ready can answer with itself in it.
+        return _kafka_metadata_ok(self.bootstrap)
+
+
+def _kafka_cluster_id() -> str:
+    """A new Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _kafka_metadata_ok(bootstrap: str) -> bool:
+    from aiokafka import AIOKafkaClient
+
+    async def probe() -> bool:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await client.bootstrap()
+            return bool(client.cluster.brokers())
+        except Exception:
+            return False
+        finally:
+            await client.close()
+
+    # Its own loop in its own thread: callers may be inside a running event loop (async tests).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
+
+
+# --------------------------------------------------------------------------------------- Redis
+
+
+def ensure_debian_package(binary: str, package: str) -> str:
+    """Find ``binary`` or install Debian's ``package`` (the setup runs as root here)."""
+    found = shutil.which(binary) or (
+        binary if Path(binary).is_absolute() and Path(binary).exists() else None
+    )
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        raise ServerError(f"{binary} is missing and apt-get is not available: install {package}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
+    found = shutil.which(binary) or (binary if Path(binary).exists() else None)
+    if not found:
+        raise ServerError(f"installed {package} but {binary} is still missing")
+    return found
+
+
+@dataclass
+class RedisServer(ManagedProcess):
+    persistence: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def prepare(self) -> None:
+        ensure_debian_package("redis-server", "redis-server")
+        lines = [
+            "bind 127.0.0.1",
+            "protected-mode yes",
+            f"port {self.port}",
+            f"dir {self.home}",
+            "daemonize no",
+            "save ''" if not self.persistence else "save 60 1000",
+            f"appendonly {'yes' if self.persistence else 'no'}",
+            "maxmemory-policy noeviction",
+            "loglevel notice",
+        ]
+        (self.home / "redis.conf").write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return ["redis-server", str(self.home / "redis.conf")]
+
+    def healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+# ------------------------------------------------------------------------------------ Services
+
+
+@dataclass
+class ServiceServer(ManagedProcess):
+    """One of the project's FastAPI services under uvicorn (one process, as in a pod)."""
+
+    app_factory: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    health_path: str = "/healthz"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        # One BLAS/TF thread per process: a thread pool per request handler collapses throughput.
+        base = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        return {**os.environ, **base, **self.env}
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            self.app_factory,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-access-log",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--timeout-graceful-shutdown",
+            "10",
+        ]
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}{self.health_path}", timeout=1) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
+def stop_all(servers: Sequence[ManagedProcess]) -> None:
+    for server in reversed(servers):
+        server.stop()

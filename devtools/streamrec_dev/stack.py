@@ -1,0 +1,119 @@
+"""The local stack: which servers run, on which ports, in which folders under ``.run/``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamrec_shared.kafka import ensure_topics
+from streamrec_shared.settings import KafkaSettings, TopicSettings
+
+from streamrec_dev.servers import (
+    REPO_ROOT,
+    KafkaServer,
+    ManagedProcess,
+    RedisServer,
+    ServiceServer,
+)
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    kafka: int = 19092
+    kafka_controller: int = 19093
+    redis: int = 16379
+    gateway: int = 8000
+    ingest: int = 8001
+    trainer: int = 8002
+    inference: int = 8003
+
+
+# Services in start order; each entry: name -> (app factory, port attribute).
+SERVICES = {
+    "ingest": "ingest.main:create_app",
+    "trainer": "trainer.main:create_app",
+    "inference": "inference.main:create_app",
+    "gateway": "gateway.main:create_app",
+}
+
+
+@dataclass
+class LocalStack:
+    run_dir: Path = REPO_ROOT / ".run"
+    ports: StackPorts = StackPorts()
+
+    @property
+    def kafka(self) -> KafkaServer:
+        return KafkaServer(
+            name="kafka",
+            home=self.run_dir / "kafka",
+            port=self.ports.kafka,
+            controller_port=self.ports.kafka_controller,
+        )
+
+    @property
+    def redis(self) -> RedisServer:
+        return RedisServer(name="redis", home=self.run_dir / "redis", port=self.ports.redis)
+
+    def service_env(self) -> dict[str, str]:
+        """The environment every service gets: the same variables a Kubernetes ConfigMap sets."""
+        return {
+            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "STREAMREC_REDIS_URL": self.redis.url,
+            "STREAMREC_LOG_FORMAT": os.environ.get("STREAMREC_LOG_FORMAT", "json"),
+        }
+
+    def service(self, name: str) -> ServiceServer:
+        return ServiceServer(
+            name=name,
+            home=self.run_dir / "services",
+            port=getattr(self.ports, name),
+            app_factory=SERVICES[name],
+            env=self.service_env(),
+        )
+
+    def services(self) -> list[ServiceServer]:
+        return [self.service(name) for name in SERVICES]
+
+    def demo(self, rate: float) -> ManagedProcess:
+        return DemoStream(
+            name="demo",
+            home=self.run_dir / "demo",
+            port=0,
+            ingest_url=self.service("ingest").url,
+            rate=rate,
+        )
+
+    def all(self, demo_rate: float = 20.0) -> list[ManagedProcess]:
+        return [self.kafka, self.redis, *self.services(), self.demo(demo_rate)]
+
+    def create_topics(self) -> dict[str, str]:
+        kafka = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
+        return asyncio.run(ensure_topics(kafka, TopicSettings()))
+
+
+@dataclass
+class DemoStream(ManagedProcess):
+    """The synthetic clickstream posting to ingest, as a background process."""
+
+    ingest_url: str = ""
+    rate: float = 20.0
+
+    def command(self) -> list[str]:
+        import sys
+
+        return [
+            sys.executable,
+            "-m",
+            "streamrec_dev.cli",
+            "demo",
+            "--ingest-url",
+            self.ingest_url,
+            "--rate",
+            str(self.rate),
+        ]
+
+    def healthy(self) -> bool:
+        return self.running()

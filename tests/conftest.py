@@ -1,0 +1,74 @@
+"""Real servers for integration and end-to-end tests, started once per session by the suite.
+
+A server that cannot start makes its tests *error*, never skip: CI must not pass green without
+having talked to a real broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from streamrec_dev.servers import KafkaServer, RedisServer, free_port
+from streamrec_shared.kafka import ensure_topics
+from streamrec_shared.settings import KafkaSettings, RedisSettings, TopicSettings
+
+
+@pytest.fixture(scope="session")
+def servers_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def kafka_server(servers_home: Path) -> Iterator[KafkaServer]:
+    server = KafkaServer(
+        name="kafka", home=servers_home / "kafka", port=free_port(), controller_port=free_port()
+    )
+    server.start(timeout=90)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_home: Path) -> Iterator[RedisServer]:
+    server = RedisServer(name="redis", home=servers_home / "redis", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def kafka_settings(kafka_server: KafkaServer) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=kafka_server.bootstrap, client_id="tests")
+
+
+@pytest.fixture
+def redis_settings(redis_server: RedisServer, unique: str) -> RedisSettings:
+    # Each test its own key prefix: tests share the server, never each other's keys.
+    return RedisSettings(url=redis_server.url, key_prefix=f"test:{unique}:")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def topic_settings(
+    kafka_settings: KafkaSettings, unique: str
+) -> AsyncIterator[TopicSettings]:
+    """Each test its own topics, created through the project's own admin code."""
+    topics = TopicSettings(
+        events=f"events-{unique}",
+        control=f"control-{unique}",
+        events_dlq=f"events.dlq-{unique}",
+        impressions=f"impressions-{unique}",
+        rec_requests=f"rec.requests-{unique}",
+        rec_responses=f"rec.responses-{unique}",
+        events_partitions=3,
+        default_partitions=1,
+    )
+    await ensure_topics(kafka_settings, topics)
+    return topics
