@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import fakeredis
 import pytest
@@ -40,13 +41,13 @@ class ScriptedProducer:
 
 def ingestor(
     producer: ScriptedProducer,
-    redis: fakeredis.FakeAsyncRedis,
+    dedup: DedupStore,
     accept: bool = True,
     timeout: float = 0.2,
 ) -> EventIngestor:
     return EventIngestor(
         producer,  # type: ignore[arg-type]
-        DedupStore(redis, "t:", window_s=60, pending_ttl_s=30),
+        dedup,
         IngestMetrics(CollectorRegistry()),
         topic="events",
         ack_timeout_s=timeout,
@@ -59,11 +60,14 @@ def event(event_id: str | None = "e1", user: str = "u1") -> EventIn:
 
 
 @pytest.fixture
-def redis() -> fakeredis.FakeAsyncRedis:
-    return fakeredis.FakeAsyncRedis()
+async def redis() -> AsyncIterator[DedupStore]:
+    store = DedupStore(fakeredis.FakeAsyncRedis(), "t:", window_s=60, pending_ttl_s=30)
+    await store.start()
+    yield store
+    await store.stop()
 
 
-async def test_stored_then_duplicate_with_original_offset(redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_stored_then_duplicate_with_original_offset(redis: DedupStore) -> None:
     producer = ScriptedProducer()
     first = await ingestor(producer, redis).ingest([event()])
     second = await ingestor(producer, redis).ingest([event()])
@@ -74,7 +78,7 @@ async def test_stored_then_duplicate_with_original_offset(redis: fakeredis.FakeA
     assert producer.sent[0][2] == b"u1"  # keyed by user
 
 
-async def test_repeats_inside_one_batch_are_written_once(redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_repeats_inside_one_batch_are_written_once(redis: DedupStore) -> None:
     producer = ScriptedProducer()
     report = await ingestor(producer, redis).ingest([event("a"), event("a"), event("b")])
     assert [r.outcome for r in report.results] == [
@@ -87,7 +91,7 @@ async def test_repeats_inside_one_batch_are_written_once(redis: fakeredis.FakeAs
 
 
 async def test_a_failed_write_releases_its_claim_so_a_retry_is_stored(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: DedupStore,
 ) -> None:
     failing = await ingestor(ScriptedProducer("fail"), redis).ingest([event()])
     assert failing.results[0].outcome is Outcome.FAILED
@@ -99,7 +103,7 @@ async def test_a_failed_write_releases_its_claim_so_a_retry_is_stored(
 
 
 async def test_a_timed_out_write_is_recorded_when_the_broker_acks_late(
-    redis: fakeredis.FakeAsyncRedis,
+    redis: DedupStore,
 ) -> None:
     producer = ScriptedProducer("hold")
     service = ingestor(producer, redis, timeout=0.05)
@@ -116,7 +120,8 @@ async def test_a_timed_out_write_is_recorded_when_the_broker_acks_late(
 
 
 async def test_without_redis_events_are_accepted_unchecked_or_rejected_by_setting() -> None:
-    broken = fakeredis.FakeAsyncRedis(connected=False)
+    broken = DedupStore(fakeredis.FakeAsyncRedis(connected=False), "t:", 60, 30)
+    await broken.start()
     producer = ScriptedProducer()
     report = await ingestor(producer, broken, accept=True).ingest([event("a"), event("a")])
     assert not report.deduplicated
@@ -126,7 +131,7 @@ async def test_without_redis_events_are_accepted_unchecked_or_rejected_by_settin
     assert len(producer.sent) == 1
 
 
-async def test_generated_ids_never_collide(redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_generated_ids_never_collide(redis: DedupStore) -> None:
     producer = ScriptedProducer()
     report = await ingestor(producer, redis).ingest([event(None), event(None)])
     assert report.count(Outcome.STORED) == 2

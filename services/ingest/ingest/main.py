@@ -46,6 +46,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             window_s=settings.dedup_window_s,
             pending_ttl_s=settings.dedup_pending_ttl_s,
         )
+        await dedup.start()
         app.state.ingest = IngestState(
             settings=settings,
             producer=producer,
@@ -65,7 +66,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Kafka first: its last acknowledgements queue idempotency confirmations to flush.
             await producer.stop()
+            await dedup.stop()
             await redis.aclose()
 
     def readiness(app: FastAPI) -> Probe:

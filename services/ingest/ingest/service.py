@@ -156,7 +156,7 @@ class EventIngestor:
 
         final = [result for result in results if result is not None]
         if deduplicated:
-            await self._settle(final, first_index, records)
+            self._settle(final, first_index, records)
         for result in final:
             self._metrics.events.labels(result.outcome.value).inc()
         return IngestReport(final, deduplicated)
@@ -186,31 +186,33 @@ class EventIngestor:
             headers=(("event_id", record.event_id.encode()),),
         )
 
-    async def _settle(
+    def _settle(
         self,
         results: Sequence[EventResult],
         first_index: dict[str, int],
         records: Sequence[EventRecord],
     ) -> None:
-        """Confirm stored claims, release failed ones (only claims this request made)."""
+        """Confirm stored claims, release failed ones (only claims this request made).
+
+        Queued, not awaited: the client's answer depends on Kafka, not on this bookkeeping. A
+        confirmation lost to a crash leaves a pending key that expires: a later retry is then
+        written twice (a duplicate, never a loss).
+        """
         ours = {records[i].event_id for i in first_index.values()}
-        stored = [
-            (r.event_id, r.partition, r.offset or 0)
-            for r in results
-            if r.outcome is Outcome.STORED and r.partition is not None
-        ]
-        failed = [
-            r.event_id
-            for r in results
-            if r.outcome is Outcome.FAILED and r.event_id in ours and r.error != _TIMED_OUT
-        ]
-        try:
-            await self._dedup.confirm(stored)
-            await self._dedup.release(failed)
-        except DedupUnavailableError as error:
-            # A lost confirmation only means a later retry may be written twice; never a loss.
-            self._metrics.dedup_unavailable.inc()
-            log.warning("could not record idempotency outcome: %s", error)
+        self._dedup.confirm(
+            [
+                (r.event_id, r.partition, r.offset or 0)
+                for r in results
+                if r.outcome is Outcome.STORED and r.partition is not None
+            ]
+        )
+        self._dedup.release(
+            [
+                r.event_id
+                for r in results
+                if r.outcome is Outcome.FAILED and r.event_id in ours and r.error != _TIMED_OUT
+            ]
+        )
 
     def _settle_later(self, futures: dict[str, asyncio.Future[RecordMetadata]]) -> None:
         async def settle() -> None:
@@ -223,11 +225,8 @@ class EventIngestor:
                     stored.append((event_id, metadata.partition, metadata.offset))
                 else:
                     failed.append(event_id)
-            try:
-                await self._dedup.confirm(stored)
-                await self._dedup.release(failed)
-            except DedupUnavailableError as error:
-                log.warning("could not record late idempotency outcome: %s", error)
+            self._dedup.confirm(stored)
+            self._dedup.release(failed)
 
         task = asyncio.create_task(settle())
         self._background.add(task)
