@@ -5,7 +5,8 @@ one worker, as in a pod) and a trivial FastAPI endpoint served the same way, the
 
 1. the raw aiokafka producer (acks=all, idempotent) writing the same records: the ceiling;
 2. the trivial endpoint under wrk: the ceiling of one uvicorn process;
-3. ingest, one event per POST (wrk, unique event_ids, so every event is really written);
+3. ingest, one event per POST (wrk), with unique client event_ids (every event takes the
+   idempotency path and is really written) and without (server-generated ids skip Redis);
 4. ingest, 100-event batches.
 
 Prints events/s, latency percentiles and the ratios; writes JSON to benchmarks/results/.
@@ -101,8 +102,8 @@ def run_wrk(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (single)")
-    parser.add_argument("--batch-connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (single)")
+    parser.add_argument("--batch-connections", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--raw-events", type=int, default=200_000)
     parser.add_argument(
@@ -136,7 +137,8 @@ def main() -> None:
             ingest = ServiceServer(name="ingest", home=home / "svc", port=free_port(),
                                    app_factory="ingest.main:create_app", env=env)  # fmt: skip
             trivial = ServiceServer(name="trivial", home=home / "svc", port=free_port(),
-                                    app_factory="benchmarks.trivial_app:create_app", env=env)  # fmt: skip
+                                    app_factory="benchmarks.trivial_app:create_app",
+                                    env=env)  # fmt: skip
             servers += [ingest, trivial]
             ingest.start()
             trivial.start()
@@ -152,6 +154,10 @@ def main() -> None:
             single = run_wrk(
                 ingest.url, "single.lua", [f"s{run}"], options.connections, options.seconds
             )
+            print("ingest single events without event_id ...", flush=True)
+            noid = run_wrk(
+                ingest.url, "single.lua", [f"n{run}", "noid"], options.connections, options.seconds
+            )
             print("ingest batches ...", flush=True)
             batch = run_wrk(ingest.url, "batch.lua", [f"b{run}", str(options.batch_size)],
                             options.batch_connections, options.seconds)  # fmt: skip
@@ -164,10 +170,11 @@ def main() -> None:
         "raw_producer": raw,
         "trivial_endpoint": base,
         "ingest_single": {**single, "events_per_s": single["requests_per_s"]},
+        "ingest_single_without_event_id": {**noid, "events_per_s": noid["requests_per_s"]},
         "ingest_batch": {**batch, "events_per_s": batch_events, "batch_size": options.batch_size},
         "ratios": {
             "single_vs_trivial_endpoint": single["requests_per_s"] / base["requests_per_s"],
-            "single_vs_raw_producer": single["requests_per_s"] / raw["events_per_s"],
+            "single_without_id_vs_trivial": noid["requests_per_s"] / base["requests_per_s"],
             "batch_vs_raw_producer": batch_events / raw["events_per_s"],
         },
         "settings": vars(options) | {"out": str(options.out.relative_to(REPO))},
@@ -177,7 +184,8 @@ def main() -> None:
     print(f"{'raw aiokafka producer (acks=all)':<34}{raw['events_per_s']:>12,.0f}")
     for label, row, eps in (
         ("trivial FastAPI endpoint (req/s)", base, base["requests_per_s"]),
-        ("ingest, 1 event per POST", single, single["requests_per_s"]),
+        ("ingest, 1 event/POST, event_id", single, single["requests_per_s"]),
+        ("ingest, 1 event/POST, no event_id", noid, noid["requests_per_s"]),
         (f"ingest, {options.batch_size}-event batches", batch, batch_events),
     ):
         print(

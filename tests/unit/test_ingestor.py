@@ -15,7 +15,7 @@ from streamrec_shared.kafka import KafkaUnavailableError
 from streamrec_shared.schemas import EventIn
 
 
-class ScriptedProducer:
+class ScriptedProducer:  # the part of ResilientProducer that EventIngestor uses
     """Acknowledges, fails or holds each send, as the test says."""
 
     def __init__(self, mode: str = "ack") -> None:
@@ -37,6 +37,11 @@ class ScriptedProducer:
         else:
             self.held.append(future)
         return future
+
+    async def send_many(
+        self, topic: str, records: list[tuple[bytes, bytes, object]]
+    ) -> list[tuple[asyncio.Future[RecordMetadata], int]]:
+        return [(await self.send(topic, value, key), 0) for key, value, _ in records]
 
 
 def ingestor(
@@ -136,3 +141,15 @@ async def test_generated_ids_never_collide(redis: DedupStore) -> None:
     report = await ingestor(producer, redis).ingest([event(None), event(None)])
     assert report.count(Outcome.STORED) == 2
     assert report.results[0].event_id != report.results[1].event_id
+
+
+async def test_server_generated_ids_skip_the_idempotency_store() -> None:
+    broken = DedupStore(fakeredis.FakeAsyncRedis(connected=False), "t:", 60, 30)
+    await broken.start()
+    producer = ScriptedProducer()
+    # Redis is down, yet events without a client id are stored and still count as deduplicated:
+    # they cannot repeat.
+    report = await ingestor(producer, broken, accept=False).ingest([event(None), event(None)])
+    assert report.deduplicated
+    assert report.count(Outcome.STORED) == 2
+    await broken.stop()

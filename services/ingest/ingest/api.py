@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-from streamrec_shared.http import ApiError, json_response, read_body_limited, require_json
+from streamrec_shared.http import (
+    ApiError,
+    RawRoute,
+    json_response,
+    read_body_limited,
+    require_json,
+)
 from streamrec_shared.openapi import json_request_body
 from streamrec_shared.schemas.errors import ErrorDetail, validation_details
 from streamrec_shared.schemas.events import EventBatchIn, EventIn, batch_adapter
@@ -18,7 +24,7 @@ from ingest.service import DedupRejectedError, IngestReport, Outcome
 if TYPE_CHECKING:
     from ingest.main import IngestState
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(prefix="/v1", tags=["events"], route_class=RawRoute)
 
 
 class EventAccepted(BaseModel):

@@ -10,6 +10,7 @@ come back as duplicates, the rest are written.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -22,13 +23,14 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from streamrec_shared.kafka import KafkaUnavailableError, ResilientProducer
 from streamrec_shared.observability import LATENCY_BUCKETS
-from streamrec_shared.schemas.events import EventIn, EventRecord
+from streamrec_shared.schemas.events import EventIn, new_event_id
 
 from ingest.dedup import Claim, ClaimState, DedupStore, DedupUnavailableError
 
 log = logging.getLogger(__name__)
 
 _TIMED_OUT = "timed out waiting for Kafka"
+_FRESH = Claim(ClaimState.NEW)
 
 
 class Outcome(StrEnum):
@@ -111,59 +113,78 @@ class EventIngestor:
 
     async def ingest(self, events: Sequence[EventIn]) -> IngestReport:
         received_at = _now_ms()
-        records = [event.to_record(received_at) for event in events]
-        claims, deduplicated = await self._claim(records)
+        event_ids = [event.event_id or new_event_id() for event in events]
+        # Only client-supplied ids can repeat; generated ones are fresh uuid4s, so they skip the
+        # Redis round trip altogether.
+        client_ids = [event.event_id for event in events if event.event_id is not None]
+        claims, deduplicated = await self._claim(client_ids) if client_ids else ([], True)
+        if len(client_ids) < len(events):
+            from_client = iter(claims)
+            claims = [
+                next(from_client) if event.event_id is not None else _FRESH for event in events
+            ]
 
-        results: list[EventResult | None] = [None] * len(records)
-        pending: dict[int, asyncio.Future[RecordMetadata]] = {}
+        results: list[EventResult | None] = [None] * len(events)
+        to_write: list[int] = []  # indexes of the events this request writes
         first_index: dict[str, int] = {}
-        sent_at = time.perf_counter()
-        for index, (record, claim) in enumerate(zip(records, claims, strict=True)):
+        for index, (event_id, claim) in enumerate(zip(event_ids, claims, strict=True)):
             if claim.state is ClaimState.DUPLICATE:
                 results[index] = EventResult(
-                    record.event_id, Outcome.DUPLICATE, claim.partition, claim.offset
+                    event_id, Outcome.DUPLICATE, claim.partition, claim.offset
                 )
             elif claim.state is ClaimState.IN_FLIGHT:
                 # Another request holds this id, or an earlier event of this very request does.
-                earlier = first_index.get(record.event_id)
+                earlier = first_index.get(event_id)
                 outcome = Outcome.DUPLICATE if earlier is not None else Outcome.IN_FLIGHT
-                results[index] = EventResult(record.event_id, outcome)
+                results[index] = EventResult(event_id, outcome)
             else:
-                first_index[record.event_id] = index
-                try:
-                    pending[index] = await self._send(record)
-                except (KafkaUnavailableError, KafkaError) as error:
-                    results[index] = EventResult(record.event_id, Outcome.FAILED, error=str(error))
+                first_index[event_id] = index
+                to_write.append(index)
 
-        if pending:
-            done, not_done = await asyncio.wait(pending.values(), timeout=self._ack_timeout_s)
-            self._metrics.ack_latency.observe(time.perf_counter() - sent_at)
-            for index, future in pending.items():
-                record = records[index]
-                if future in done and future.exception() is None:
-                    metadata = future.result()
-                    results[index] = EventResult(
-                        record.event_id, Outcome.STORED, metadata.partition, metadata.offset
+        not_done: set[asyncio.Future[RecordMetadata]] = set()
+        if to_write:
+            sent_at = time.perf_counter()
+            try:
+                placed = await self._produce(
+                    [(event_ids[i], events[i], received_at) for i in to_write]
+                )
+            except (KafkaUnavailableError, KafkaError, ValueError) as error:
+                for i in to_write:
+                    results[i] = EventResult(event_ids[i], Outcome.FAILED, error=str(error))
+            else:
+                _, not_done = await asyncio.wait(
+                    {future for future, _ in placed}, timeout=self._ack_timeout_s
+                )
+                self._metrics.ack_latency.observe(time.perf_counter() - sent_at)
+                for i, (future, position) in zip(to_write, placed, strict=True):
+                    if future in not_done:
+                        results[i] = EventResult(event_ids[i], Outcome.FAILED, error=_TIMED_OUT)
+                    elif (failure := future.exception()) is not None:
+                        results[i] = EventResult(event_ids[i], Outcome.FAILED, error=str(failure))
+                    else:
+                        metadata = future.result()
+                        results[i] = EventResult(
+                            event_ids[i], Outcome.STORED, metadata.partition,
+                            metadata.offset + position,
+                        )  # fmt: skip
+                if not_done and deduplicated and client_ids:
+                    # The records may still be written after we answered 503: record the outcome
+                    # when it comes, so that the client's retry is recognized as a duplicate.
+                    late = zip(to_write, placed, strict=True)
+                    self._settle_later(
+                        [(event_ids[i], f, p) for i, (f, p) in late if f in not_done]
                     )
-                else:
-                    reason = _TIMED_OUT if future in not_done else str(future.exception())
-                    results[index] = EventResult(record.event_id, Outcome.FAILED, error=reason)
-            if not_done and deduplicated:
-                # The records may still be written after we answered 503: record the outcome
-                # when it comes, so that the client's retry is recognized as a duplicate.
-                late = {records[i].event_id: f for i, f in pending.items() if f in not_done}
-                self._settle_later(late)
 
         final = [result for result in results if result is not None]
-        if deduplicated:
-            self._settle(final, first_index, records)
-        for result in final:
-            self._metrics.events.labels(result.outcome.value).inc()
+        if deduplicated and client_ids:
+            self._settle(final, set(client_ids))
+        for outcome, count in collections.Counter(r.outcome for r in final).items():
+            self._metrics.events.labels(outcome.value).inc(count)
         return IngestReport(final, deduplicated)
 
-    async def _claim(self, records: Sequence[EventRecord]) -> tuple[list[Claim], bool]:
+    async def _claim(self, event_ids: Sequence[str]) -> tuple[list[Claim], bool]:
         try:
-            return await self._dedup.claim([r.event_id for r in records]), True
+            return await self._dedup.claim(event_ids), True
         except DedupUnavailableError as error:
             self._metrics.dedup_unavailable.inc()
             if not self._accept_without_dedup:
@@ -172,38 +193,39 @@ class EventIngestor:
             # Without Redis, still collapse repeats inside the request itself.
             seen: set[str] = set()
             claims = []
-            for record in records:
-                state = ClaimState.IN_FLIGHT if record.event_id in seen else ClaimState.NEW
-                seen.add(record.event_id)
-                claims.append(Claim(state))
+            for event_id in event_ids:
+                claims.append(Claim(ClaimState.IN_FLIGHT if event_id in seen else ClaimState.NEW))
+                seen.add(event_id)
             return claims, False
 
-    async def _send(self, record: EventRecord) -> asyncio.Future[RecordMetadata]:
-        return await self._producer.send(
-            self._topic,
-            value=record.model_dump_json().encode(),
-            key=record.user_id.encode(),
-            headers=(("event_id", record.event_id.encode()),),
-        )
+    async def _produce(
+        self, batch: Sequence[tuple[str, EventIn, datetime]]
+    ) -> list[tuple[asyncio.Future[RecordMetadata], int]]:
+        """Hand records to the producer: per record, its delivery future and offset delta."""
+        records = [
+            (event.user_id.encode(), event.record_value(event_id, received_at),
+             (("event_id", event_id.encode()),))
+            for event_id, event, received_at in batch
+        ]  # fmt: skip
+        if len(records) == 1:
+            # One record: the producer's own batching merges it with other requests' records.
+            key, value, headers = records[0]
+            future = await self._producer.send(self._topic, value, key=key, headers=headers)
+            return [(future, 0)]
+        return await self._producer.send_many(self._topic, records)
 
-    def _settle(
-        self,
-        results: Sequence[EventResult],
-        first_index: dict[str, int],
-        records: Sequence[EventRecord],
-    ) -> None:
-        """Confirm stored claims, release failed ones (only claims this request made).
+    def _settle(self, results: Sequence[EventResult], ours: set[str]) -> None:
+        """Confirm stored claims, release failed ones (only client ids this request claimed).
 
         Queued, not awaited: the client's answer depends on Kafka, not on this bookkeeping. A
         confirmation lost to a crash leaves a pending key that expires: a later retry is then
         written twice (a duplicate, never a loss).
         """
-        ours = {records[i].event_id for i in first_index.values()}
         self._dedup.confirm(
             [
                 (r.event_id, r.partition, r.offset or 0)
                 for r in results
-                if r.outcome is Outcome.STORED and r.partition is not None
+                if r.outcome is Outcome.STORED and r.partition is not None and r.event_id in ours
             ]
         )
         self._dedup.release(
@@ -214,15 +236,17 @@ class EventIngestor:
             ]
         )
 
-    def _settle_later(self, futures: dict[str, asyncio.Future[RecordMetadata]]) -> None:
+    def _settle_later(
+        self, pending: Sequence[tuple[str, asyncio.Future[RecordMetadata], int]]
+    ) -> None:
         async def settle() -> None:
-            await asyncio.wait(futures.values())
+            await asyncio.wait({future for _, future, _ in pending})
             stored = []
             failed = []
-            for event_id, future in futures.items():
+            for event_id, future, position in pending:
                 if future.exception() is None:
                     metadata = future.result()
-                    stored.append((event_id, metadata.partition, metadata.offset))
+                    stored.append((event_id, metadata.partition, metadata.offset + position))
                 else:
                     failed.append(event_id)
             self._dedup.confirm(stored)

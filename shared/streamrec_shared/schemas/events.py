@@ -14,6 +14,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -121,18 +122,35 @@ class EventIn(BaseModel):
             raise ValueError("a rating event needs a value")
         return self
 
-    def to_record(self, received_at: datetime) -> EventRecord:
-        return EventRecord(
-            event_id=self.event_id or uuid.uuid4().hex,
-            user_id=self.user_id,
-            item_id=self.item_id,
-            type=self.type,
-            value=self.value,
-            timestamp=self.timestamp or received_at,
-            received_at=received_at,
-            rec_id=self.rec_id,
-            context=self.context,
+    def record_value(self, event_id: str, received_at: datetime) -> bytes:
+        """The ``EventRecord`` JSON of this event, as written to Kafka.
+
+        Built directly with orjson: constructing an ``EventRecord`` first would double the cost
+        per event of a batch. ``EventRecord.model_validate_json`` reads it (tested).
+        """
+        return orjson.dumps(
+            {
+                "schema_version": EVENT_SCHEMA_VERSION,
+                "event_id": event_id,
+                "user_id": self.user_id,
+                "item_id": self.item_id,
+                "type": self.type.value,
+                "value": self.value,
+                "timestamp": self.timestamp or received_at,
+                "received_at": received_at,
+                "rec_id": self.rec_id,
+                "context": self.context,
+            }
         )
+
+    def to_record(self, received_at: datetime, event_id: str | None = None) -> EventRecord:
+        return EventRecord.model_validate_json(
+            self.record_value(event_id or self.event_id or new_event_id(), received_at)
+        )
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
 
 
 class EventBatchIn(BaseModel):
