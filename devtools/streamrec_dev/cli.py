@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamrec_dev.servers import ServerError, ensure_kafka_jars
+from streamrec_dev.servers import ServerError
 from streamrec_dev.stack import LocalStack
 from streamrec_dev.synthetic import DriftingClickstream
 
@@ -26,22 +26,10 @@ def up(
     demo_rate: float = typer.Option(20.0, help="Demo events per second."),
 ) -> None:
     """Start Kafka, Redis, topics, every service and the demo stream (idempotent)."""
-    stack = LocalStack()
+    stack = LocalStack(demo_rate=demo_rate)
     try:
-        with console.status("resolving Kafka jars (Maven, first run only)"):
-            ensure_kafka_jars()
-        for server in [stack.kafka, stack.redis]:
-            with console.status(f"starting {server.name}"):
-                started = server.start()
-            console.print(f"{server.name}: {'started' if started else 'already running'}")
-        with console.status("creating topics"):
-            topics = stack.create_topics()
-        console.print("topics: " + ", ".join(f"{name} ({state})" for name, state in topics.items()))
-        rest = stack.services() + ([stack.demo(demo_rate)] if demo else [])
-        for server in rest:
-            with console.status(f"starting {server.name}"):
-                started = server.start()
-            console.print(f"{server.name}: {'started' if started else 'already running'}")
+        with console.status("starting (the first run resolves the Kafka jars with Maven)"):
+            stack.up(demo=demo, progress=console.print)
     except ServerError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
@@ -59,10 +47,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop exactly what `up` started (by PID file), in reverse order."""
-    stack = LocalStack()
-    for server in reversed(stack.all()):
-        stopped = server.stop()
-        console.print(f"{server.name}: {'stopped' if stopped else 'not running'}")
+    LocalStack().down(progress=console.print)
 
 
 def _print_status(stack: LocalStack) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from streamrec_shared.kafka import ensure_topics
@@ -16,6 +18,7 @@ from streamrec_dev.servers import (
     ManagedProcess,
     RedisServer,
     ServiceServer,
+    ensure_kafka_jars,
 )
 
 
@@ -42,9 +45,11 @@ SERVICES = {
 @dataclass
 class LocalStack:
     run_dir: Path = REPO_ROOT / ".run"
-    ports: StackPorts = StackPorts()
+    ports: StackPorts = field(default_factory=StackPorts)
+    demo_rate: float = 20.0
 
-    @property
+    # Built once: each server object keeps the child it spawned, so it can reap it on stop.
+    @cached_property
     def kafka(self) -> KafkaServer:
         return KafkaServer(
             name="kafka",
@@ -53,7 +58,7 @@ class LocalStack:
             controller_port=self.ports.kafka_controller,
         )
 
-    @property
+    @cached_property
     def redis(self) -> RedisServer:
         return RedisServer(name="redis", home=self.run_dir / "redis", port=self.ports.redis)
 
@@ -65,29 +70,52 @@ class LocalStack:
             "STREAMREC_LOG_FORMAT": os.environ.get("STREAMREC_LOG_FORMAT", "json"),
         }
 
+    @cached_property
+    def _services(self) -> dict[str, ServiceServer]:
+        return {
+            name: ServiceServer(
+                name=name,
+                home=self.run_dir / "services",
+                port=getattr(self.ports, name),
+                app_factory=factory,
+                env=self.service_env(),
+            )
+            for name, factory in SERVICES.items()
+        }
+
     def service(self, name: str) -> ServiceServer:
-        return ServiceServer(
-            name=name,
-            home=self.run_dir / "services",
-            port=getattr(self.ports, name),
-            app_factory=SERVICES[name],
-            env=self.service_env(),
-        )
+        return self._services[name]
 
     def services(self) -> list[ServiceServer]:
-        return [self.service(name) for name in SERVICES]
+        return list(self._services.values())
 
-    def demo(self, rate: float) -> ManagedProcess:
+    @cached_property
+    def demo(self) -> DemoStream:
         return DemoStream(
             name="demo",
             home=self.run_dir / "demo",
             port=0,
             ingest_url=self.service("ingest").url,
-            rate=rate,
+            rate=self.demo_rate,
         )
 
-    def all(self, demo_rate: float = 20.0) -> list[ManagedProcess]:
-        return [self.kafka, self.redis, *self.services(), self.demo(demo_rate)]
+    def all(self) -> list[ManagedProcess]:
+        return [self.kafka, self.redis, *self.services(), self.demo]
+
+    def up(self, demo: bool = True, progress: Callable[[str], None] = print) -> None:
+        """Start whatever is not running yet, in dependency order (idempotent)."""
+        ensure_kafka_jars()
+        for infra in (self.kafka, self.redis):
+            progress(f"{infra.name}: {'started' if infra.start(timeout=90) else 'already running'}")
+        topics = self.create_topics()
+        progress("topics: " + ", ".join(f"{name} ({state})" for name, state in topics.items()))
+        for server in [*self.services(), *([self.demo] if demo else [])]:
+            progress(f"{server.name}: {'started' if server.start() else 'already running'}")
+
+    def down(self, progress: Callable[[str], None] = print) -> None:
+        """Stop exactly what ``up`` started (by PID file), in reverse order."""
+        for server in reversed(self.all()):
+            progress(f"{server.name}: {'stopped' if server.stop() else 'not running'}")
 
     def create_topics(self) -> dict[str, str]:
         kafka = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
