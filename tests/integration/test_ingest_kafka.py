@@ -68,23 +68,27 @@ async def test_accepted_event_is_in_kafka_with_key_and_payload(
     assert stored.received_at == stored.timestamp  # defaulted to receipt time
 
 
+@pytest.mark.parametrize("max_batch_bytes", [262_144, 2048], ids=["one-batch", "many-batches"])
 async def test_batch_reports_offsets_and_same_user_keeps_order(
-    kafka_settings: KafkaSettings, topic_settings: TopicSettings, redis_settings: RedisSettings
+    kafka_settings: KafkaSettings,
+    topic_settings: TopicSettings,
+    redis_settings: RedisSettings,
+    max_batch_bytes: int,
 ) -> None:
+    # With 2 KiB producer batches, each partition's share of the request spans several batches.
     events = [
         {"user_id": f"u{n % 3}", "item_id": f"i{n}", "type": "view", "event_id": f"b{n}"}
-        for n in range(30)
+        for n in range(60)
     ]
-    async with serve(
-        create_app(settings_for(kafka_settings, topic_settings, redis_settings))
-    ) as client:
+    kafka = kafka_settings.model_copy(update={"max_batch_bytes": max_batch_bytes})
+    async with serve(create_app(settings_for(kafka, topic_settings, redis_settings))) as client:
         response = await client.post("/v1/events/batch", json={"events": events})
     assert response.status_code == 202, response.text
     body = response.json()
-    assert (body["stored"], body["duplicates"], body["failed"]) == (30, 0, 0)
-    records = await read_topic(kafka_settings, topic_settings.events, expected=30)
+    assert (body["stored"], body["duplicates"], body["failed"]) == (60, 0, 0)
+    records = await read_topic(kafka_settings, topic_settings.events, expected=60)
     by_id = {orjson.loads(r.value)["event_id"]: r for r in records}
-    assert len(by_id) == 30
+    assert len(by_id) == 60
     for result in body["results"]:
         assert (by_id[result["event_id"]].partition, by_id[result["event_id"]].offset) == (
             result["partition"],
