@@ -10,6 +10,7 @@ echo "== ruff"; .venv/bin/ruff check . || status=1
 .venv/bin/ruff format --check . || status=1
 echo "== mypy"; .venv/bin/mypy || status=1
 
+echo "== k8s manifests"; scripts/k8s_check.sh || status=1
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -1,0 +1,150 @@
+"""The manifests against the services' own code: routes, settings and ports."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from streamrec_shared.settings import KafkaSettings
+
+from tests.k8s import model
+from tests.k8s.render import SERVICES, Obj
+
+
+@functools.cache
+def paths_of(service: str) -> frozenset[str]:
+    return frozenset(model.served_paths(model.create_app(service)))
+
+
+def _probes(container: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {
+        kind: container[kind]  # type: ignore[misc]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+        if kind in container
+    }
+
+
+def test_deployments_probe_readiness_and_liveness_on_routes_the_service_serves(
+    objects: list[Obj],
+) -> None:
+    checked = 0
+    for workload, container, service in model.app_containers(objects):
+        if workload.obj["kind"] != "Deployment":
+            continue
+        probes = _probes(container)
+        assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"  # type: ignore[index]
+        assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"  # type: ignore[index]
+        port_names = {p["name"] for p in container["ports"]}
+        for kind, probe in probes.items():
+            http = probe["httpGet"]
+            assert http["path"] in paths_of(service), f"{workload.name} {kind} {http['path']}"  # type: ignore[index]
+            assert http["port"] in port_names  # type: ignore[index]
+        checked += 1
+    assert checked >= len(SERVICES)
+
+
+def test_prometheus_annotations_point_at_the_metrics_route(objects: list[Obj]) -> None:
+    for workload, container, service in model.app_containers(objects):
+        if workload.obj["kind"] != "Deployment":
+            continue
+        template = workload.obj["spec"]["template"]["metadata"]["annotations"]
+        assert template["prometheus.io/path"] in paths_of(service)
+        assert int(template["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def test_every_variable_a_manifest_sets_is_a_setting_the_service_reads(
+    objects: list[Obj],
+) -> None:
+    checked = 0
+    for workload, container, service in model.app_containers(objects):
+        readable = model.env_names(model.settings_class(service))
+        sources = model.container_env(container, objects)
+        names = [s.name for s in sources]
+        unknown = sorted(set(names) - readable)
+        assert not unknown, f"{workload.name}: {unknown} are read by no {service} setting"
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        assert not duplicated, f"{workload.name}: {duplicated} set twice (which one wins?)"
+        checked += len(names)
+    assert checked > 0
+
+
+def test_settings_built_from_the_manifests_are_valid(
+    objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings class accepts every value (types, enums, ranges), and the port it ends up
+    with is the container's and the Service's."""
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    for workload, container, service in model.app_containers(objects):
+        for name in list(os.environ):
+            if name.upper().startswith("STREAMREC_"):
+                monkeypatch.delenv(name)
+        for source in model.container_env(container, objects):
+            # Secrets the operators create (prod) hold values unknown here: any string will do.
+            value = source.value if source.value is not None else f"from-{source.origin}"
+            monkeypatch.setenv(source.name, value)
+        settings = model.settings_class(service)()
+        if workload.obj["kind"] != "Deployment":
+            assert "ports" not in container  # a batch run serves nothing
+            continue
+        (port,) = container["ports"]
+        assert settings.port == port["containerPort"] == SERVICES[service]  # type: ignore[attr-defined]
+        fronting = [
+            s
+            for s in services.values()
+            if s["spec"].get("selector")
+            and model.selects({"matchLabels": s["spec"]["selector"]}, workload.pod_labels)
+        ]
+        names = [s["metadata"]["name"] for s in fronting]
+        assert len(fronting) == 1, f"{workload.name} is behind {names}"
+        (service_port,) = fronting[0]["spec"]["ports"]
+        assert service_port["targetPort"] == port["name"]
+        assert service_port["port"] == port["containerPort"]
+
+
+def test_every_configmap_and_secret_a_workload_uses_is_rendered_or_documented(
+    objects: list[Obj], overlay_name: str
+) -> None:
+    external = {"streamrec-redis", "streamrec-trainer-database"}  # k8s/README.md, "Secrets"
+    readme = (model.REPO / "k8s" / "README.md").read_text()
+    for _, container, _ in model.app_containers(objects):
+        for source in model.container_env(container, objects):  # raises on a missing ConfigMap
+            if source.secret and source.value is None:
+                assert overlay_name != "dev", f"dev must run standalone: {source.secret}"
+                assert source.secret in external, source.secret
+                assert f"`{source.secret}`" in readme
+
+
+def test_env_names_follow_nested_settings_and_reject_the_rest() -> None:
+    class Inner(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="X_INNER_")
+        depth: int = 1
+
+    class Outer(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="X_OUTER_")
+        port: int = 1
+        inner: Inner = Field(default_factory=Inner)
+        kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    names = model.env_names(Outer)
+    assert {"X_OUTER_PORT", "X_OUTER_INNER", "X_INNER_DEPTH"} <= names
+    assert "STREAMREC_KAFKA_BOOTSTRAP_SERVERS" in names
+    assert "X_OUTER_DEPTH" not in names
+    assert "X_INNER_PORT" not in names
+
+
+def test_the_cross_check_catches_an_unknown_variable(dev: list[Obj]) -> None:
+    config = next(
+        o for o in dev if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("ingest-")
+    )
+    config["data"]["STREAMREC_INGEST_MAX_BATCH_EVENT"] = "10"  # a typo of MAX_BATCH_EVENTS
+    _, container, _ = next(c for c in model.app_containers(dev) if c[2] == "ingest")
+    names = {s.name for s in model.container_env(container, dev)}
+    assert names - model.env_names(model.settings_class("ingest")) == {
+        "STREAMREC_INGEST_MAX_BATCH_EVENT"
+    }
