@@ -325,8 +325,15 @@ class KafkaServer(ManagedProcess):
 
 
 def _kafka_cluster_id() -> str:
-    """A new Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A new Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with "-": the storage tool's
+    argument parser would take it for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _kafka_metadata_ok(bootstrap: str) -> bool:

@@ -68,6 +68,9 @@ class LocalStack:
             "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
             "STREAMREC_REDIS_URL": self.redis.url,
             "STREAMREC_LOG_FORMAT": os.environ.get("STREAMREC_LOG_FORMAT", "json"),
+            "STREAMREC_GATEWAY_INGEST_URL": f"http://127.0.0.1:{self.ports.ingest}",
+            "STREAMREC_GATEWAY_TRAINER_URL": f"http://127.0.0.1:{self.ports.trainer}",
+            "STREAMREC_GATEWAY_INFERENCE_URL": f"http://127.0.0.1:{self.ports.inference}",
         }
 
     @cached_property

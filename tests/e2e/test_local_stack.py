@@ -35,6 +35,12 @@ def test_every_service_is_up_and_ready(stack: LocalStack) -> None:
         assert httpx.get(f"{service.url}/readyz").status_code == 200, service.name
 
 
+def test_console_shows_every_service_ready(stack: LocalStack) -> None:
+    page = httpx.get(stack.service("gateway").url + "/")
+    assert page.status_code == 200
+    assert page.text.count("<td class='ready'>ready</td>") == 3, page.text
+
+
 def test_a_posted_event_lands_in_kafka(stack: LocalStack) -> None:
     ingest = stack.service("ingest").url
     response = httpx.post(
