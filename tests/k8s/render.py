@@ -29,9 +29,8 @@ from tests.k8s import tools
 
 K8S = tools.REPO / "k8s"
 
-# The Kubernetes version the manifests are validated against (a version kubernetes-validate
-# 1.37.0 ships). Native sidecar-free, preStop `sleep` (1.30+) and everything else used here is GA
-# or on by default there.
+# The Kubernetes version the manifests are validated against (one that kubernetes-validate 1.37.0
+# ships). Everything used here is GA or on by default there (preStop `sleep` needs 1.30+).
 KUBERNETES_VERSION = "1.33.0"
 
 OVERLAYS = ("dev", "prod", "canary")
