@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup up down status test test-unit lint fmt typecheck bench-ingest clean
+.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ lint: setup ## ruff and mypy
 
 fmt: setup ## Format and autofix
 	@.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+k8s-check: setup ## Render every kustomize overlay and schema-check it (part of `make test`)
+	@scripts/k8s_check.sh
 
 bench-ingest: setup ## Ingest throughput vs the raw aiokafka producer (real broker)
 	@$(PY) benchmarks/ingest_throughput.py
