@@ -147,40 +147,32 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop gracefully (SIGTERM), then forcefully; return True when something was stopped."""
+        return self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Die like a crashed process would: no shutdown hooks."""
+        self._signal(signal.SIGKILL, 0.0)
+
+    def _signal(self, first: signal.Signals, grace_s: float) -> bool:
+        """Send ``first`` to the process group, SIGKILL after ``grace_s``, wait until it is gone."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.05)
-        if _pid_alive(pid):
+        for sig, wait_s in ((first, grace_s), (signal.SIGKILL, float("inf"))):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _pid_alive(pid):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self._reap()
-        self.pid_file.unlink(missing_ok=True)
-        return True
-
-    def _reap(self) -> None:
-        if self._child is not None:
-            with contextlib.suppress(ChildProcessError):
+            if not _pid_alive(pid):
+                break
+        if self._child is not None:  # reap our own child so it is not reported as leaked
+            with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
                 self._child.wait(timeout=5)
             self._child = None
-
-    def kill(self) -> None:
-        """Die like a crashed process would: no shutdown hooks."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _pid_alive(pid):
-                time.sleep(0.05)
-        self._reap()
         self.pid_file.unlink(missing_ok=True)
+        return True
 
 
 # --------------------------------------------------------------------------------------- Kafka
