@@ -13,7 +13,7 @@ from streamrec_shared.kafka import (
     platform_topics,
 )
 from streamrec_shared.observability import HttpMetrics, MetricsMiddleware, configure_logging
-from streamrec_shared.redis import build_redis, redis_reachable
+from streamrec_shared.redis import build_redis
 from streamrec_shared.settings import KafkaSettings, LogSettings, RedisSettings, TopicSettings
 
 __all__ = [
@@ -35,5 +35,4 @@ __all__ = [
     "install_error_handlers",
     "json_response",
     "platform_topics",
-    "redis_reachable",
 ]

@@ -17,7 +17,11 @@ from streamrec_shared.schemas.errors import ErrorBody, ErrorDetail
 
 
 class ApiError(Exception):
-    """An expected failure with a status code, a stable code and field-level reasons."""
+    """An expected failure with a status code, a stable code and field-level reasons.
+
+    ``extra`` adds top-level fields beside ``error``, e.g. the per-event results of a batch that
+    was partly stored.
+    """
 
     def __init__(
         self,
@@ -26,11 +30,13 @@ class ApiError(Exception):
         message: str,
         details: Sequence[ErrorDetail] = (),
         headers: dict[str, str] | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(code=code, message=message, details=list(details))
         self.headers = headers or {}
+        self.extra = extra or {}
 
 
 def json_response(
@@ -42,7 +48,9 @@ def json_response(
 
 
 def error_response(error: ApiError) -> Response:
-    return json_response({"error": error.body.model_dump()}, error.status, error.headers)
+    return json_response(
+        {"error": error.body.model_dump(), **error.extra}, error.status, error.headers
+    )
 
 
 async def read_body_limited(request: Request, max_bytes: int) -> bytes:

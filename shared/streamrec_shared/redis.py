@@ -17,14 +17,3 @@ def build_redis(settings: RedisSettings) -> Redis:
         retry_on_timeout=False,
         health_check_interval=0,
     )
-
-
-async def redis_reachable(client: Redis, timeout_s: float = 0.5) -> bool:
-    import asyncio
-
-    from redis.exceptions import RedisError
-
-    try:
-        return bool(await asyncio.wait_for(client.ping(), timeout_s))
-    except (RedisError, OSError, TimeoutError):
-        return False

@@ -92,7 +92,18 @@ async def test_repeats_inside_one_batch_are_written_once(redis: DedupStore) -> N
         Outcome.STORED,
     ]
     assert len(producer.sent) == 2
-    assert report.all_accepted
+    # The repeat points at the record its first occurrence wrote.
+    assert (report.results[1].partition, report.results[1].offset) == (
+        report.results[0].partition,
+        report.results[0].offset,
+    )
+
+
+async def test_a_repeat_of_a_failed_write_is_failed_too(redis: DedupStore) -> None:
+    report = await ingestor(ScriptedProducer("fail"), redis).ingest([event("a"), event("a")])
+    assert [r.outcome for r in report.results] == [Outcome.FAILED, Outcome.FAILED]
+    retry = await ingestor(ScriptedProducer(), redis).ingest([event("a")])
+    assert retry.results[0].outcome is Outcome.STORED
 
 
 async def test_a_failed_write_releases_its_claim_so_a_retry_is_stored(
@@ -100,7 +111,6 @@ async def test_a_failed_write_releases_its_claim_so_a_retry_is_stored(
 ) -> None:
     failing = await ingestor(ScriptedProducer("fail"), redis).ingest([event()])
     assert failing.results[0].outcome is Outcome.FAILED
-    assert not failing.all_accepted
     down = await ingestor(ScriptedProducer("down"), redis).ingest([event()])
     assert down.results[0].outcome is Outcome.FAILED
     retry = await ingestor(ScriptedProducer(), redis).ingest([event()])

@@ -59,19 +59,18 @@ def _validation_context(state: IngestState) -> dict[str, Any]:
     return {"window": state.window, "now": datetime.now(UTC)}
 
 
-def _unavailable(state: IngestState, message: str, body: dict[str, Any] | None = None) -> Response:
+def _unavailable(
+    state: IngestState, message: str, extra: dict[str, object] | None = None
+) -> ApiError:
     headers = {"Retry-After": str(state.settings.retry_after_s)}
-    content = {"error": {"code": "unavailable", "message": message, "details": []}}
-    if body:
-        content.update(body)
-    return json_response(content, 503, headers)
+    return ApiError(503, "unavailable", message, headers=headers, extra=extra)
 
 
-async def _run(state: IngestState, events: list[EventIn]) -> IngestReport | Response:
+async def _ingest(state: IngestState, events: list[EventIn]) -> IngestReport:
     try:
         return await state.ingestor.ingest(events)
     except DedupRejectedError:
-        return _unavailable(state, "idempotency store unavailable; retry later")
+        raise _unavailable(state, "idempotency store unavailable; retry later") from None
 
 
 @router.post(
@@ -98,9 +97,7 @@ async def post_event(request: Request) -> Response:
         event = EventIn.model_validate_json(body, context=_validation_context(state))
     except ValidationError as error:
         raise _invalid(error) from None
-    report = await _run(state, [event])
-    if isinstance(report, Response):
-        return report
+    report = await _ingest(state, [event])
     result = report.results[0]
     payload = {**result.as_dict(), "deduplicated": report.deduplicated}
     if result.outcome is Outcome.STORED:
@@ -115,7 +112,7 @@ async def post_event(request: Request) -> Response:
             [ErrorDetail(field="event_id", reason="in flight")],
             {"Retry-After": str(state.settings.retry_after_s)},
         )
-    return _unavailable(state, f"event not stored: {result.error}", {"result": payload})
+    raise _unavailable(state, f"event not stored: {result.error}", {"result": payload})
 
 
 @router.post(
@@ -146,18 +143,16 @@ async def post_batch(request: Request) -> Response:
         )
     except ValidationError as error:
         raise _invalid(error) from None
-    report = await _run(state, batch.events)
-    if isinstance(report, Response):
-        return report
-    summary = {
-        "stored": report.count(Outcome.STORED),
-        "duplicates": report.count(Outcome.DUPLICATE),
-        "failed": len(report.results)
-        - report.count(Outcome.STORED)
-        - report.count(Outcome.DUPLICATE),
+    report = await _ingest(state, batch.events)
+    stored, duplicates = report.count(Outcome.STORED), report.count(Outcome.DUPLICATE)
+    not_stored = len(report.results) - stored - duplicates  # failed or in flight elsewhere
+    summary: dict[str, object] = {
+        "stored": stored,
+        "duplicates": duplicates,
+        "failed": not_stored,
         "deduplicated": report.deduplicated,
         "results": [result.as_dict() for result in report.results],
     }
-    if report.all_accepted:
-        return json_response(summary, 202)
-    return _unavailable(state, f"{summary['failed']} event(s) not stored; retry them", summary)
+    if not_stored:
+        raise _unavailable(state, f"{not_stored} event(s) not stored; retry them", summary)
+    return json_response(summary, 202)

@@ -143,14 +143,11 @@ class DedupStore:
             self._flushing = True
             try:
                 await self._flush(claims, confirms, releases)
-            except (RedisError, OSError) as error:
-                if confirms or releases:
-                    log.warning("idempotency outcomes not recorded: %s", error)
-                for _, future in claims:
-                    if not future.done():
-                        future.set_exception(DedupUnavailableError(str(error)))
             except Exception as error:  # never let the flusher die: requests would hang
-                log.exception("dedup flusher failed")
+                if not isinstance(error, RedisError | OSError):
+                    log.exception("dedup flusher failed")
+                elif confirms or releases:
+                    log.warning("idempotency outcomes not recorded: %s", error)
                 for _, future in claims:
                     if not future.done():
                         future.set_exception(DedupUnavailableError(str(error)))

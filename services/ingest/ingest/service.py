@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -63,10 +64,6 @@ class IngestReport:
     results: list[EventResult]
     deduplicated: bool  # False when Redis was unreachable and events went in unchecked
 
-    @property
-    def all_accepted(self) -> bool:
-        return all(r.outcome in (Outcome.STORED, Outcome.DUPLICATE) for r in self.results)
-
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 
@@ -114,89 +111,95 @@ class EventIngestor:
     async def ingest(self, events: Sequence[EventIn]) -> IngestReport:
         received_at = _now_ms()
         event_ids = [event.event_id or new_event_id() for event in events]
-        # Only client-supplied ids can repeat; generated ones are fresh uuid4s, so they skip the
-        # Redis round trip altogether.
-        client_ids = [event.event_id for event in events if event.event_id is not None]
-        claims, deduplicated = await self._claim(client_ids) if client_ids else ([], True)
-        if len(client_ids) < len(events):
-            from_client = iter(claims)
-            claims = [
-                next(from_client) if event.event_id is not None else _FRESH for event in events
-            ]
+        claims, deduplicated = await self._claim(events)
 
         results: list[EventResult | None] = [None] * len(events)
         to_write: list[int] = []  # indexes of the events this request writes
+        repeats: dict[int, int] = {}  # index of a repeated id -> index of its first occurrence
         first_index: dict[str, int] = {}
         for index, (event_id, claim) in enumerate(zip(event_ids, claims, strict=True)):
-            if claim.state is ClaimState.DUPLICATE:
+            if event_id in first_index:
+                repeats[index] = first_index[event_id]
+            elif claim.state is ClaimState.DUPLICATE:
                 results[index] = EventResult(
                     event_id, Outcome.DUPLICATE, claim.partition, claim.offset
                 )
             elif claim.state is ClaimState.IN_FLIGHT:
-                # Another request holds this id, or an earlier event of this very request does.
-                earlier = first_index.get(event_id)
-                outcome = Outcome.DUPLICATE if earlier is not None else Outcome.IN_FLIGHT
-                results[index] = EventResult(event_id, outcome)
+                results[index] = EventResult(event_id, Outcome.IN_FLIGHT)
             else:
                 first_index[event_id] = index
                 to_write.append(index)
 
-        not_done: set[asyncio.Future[RecordMetadata]] = set()
+        late: list[tuple[str, asyncio.Future[RecordMetadata], int]] = []
         if to_write:
-            sent_at = time.perf_counter()
-            try:
-                placed = await self._produce(
-                    [(event_ids[i], events[i], received_at) for i in to_write]
-                )
-            except (KafkaUnavailableError, KafkaError, ValueError) as error:
-                for i in to_write:
-                    results[i] = EventResult(event_ids[i], Outcome.FAILED, error=str(error))
-            else:
-                _, not_done = await asyncio.wait(
-                    {future for future, _ in placed}, timeout=self._ack_timeout_s
-                )
-                self._metrics.ack_latency.observe(time.perf_counter() - sent_at)
-                for i, (future, position) in zip(to_write, placed, strict=True):
-                    if future in not_done:
-                        results[i] = EventResult(event_ids[i], Outcome.FAILED, error=_TIMED_OUT)
-                    elif (failure := future.exception()) is not None:
-                        results[i] = EventResult(event_ids[i], Outcome.FAILED, error=str(failure))
-                    else:
-                        metadata = future.result()
-                        results[i] = EventResult(
-                            event_ids[i], Outcome.STORED, metadata.partition,
-                            metadata.offset + position,
-                        )  # fmt: skip
-                if not_done and deduplicated and client_ids:
-                    # The records may still be written after we answered 503: record the outcome
-                    # when it comes, so that the client's retry is recognized as a duplicate.
-                    late = zip(to_write, placed, strict=True)
-                    self._settle_later(
-                        [(event_ids[i], f, p) for i, (f, p) in late if f in not_done]
-                    )
+            late = await self._write(to_write, event_ids, events, received_at, results)
+        for index, first in repeats.items():
+            # A repeat inside the request shares its first occurrence's fate.
+            original = results[first]
+            assert original is not None
+            outcome: Outcome = (
+                Outcome.DUPLICATE if original.outcome is Outcome.STORED else original.outcome
+            )
+            results[index] = dataclasses.replace(original, outcome=outcome)
 
         final = [result for result in results if result is not None]
-        if deduplicated and client_ids:
-            self._settle(final, set(client_ids))
+        if deduplicated:
+            self._settle(final, {event_ids[i] for i in to_write if events[i].event_id}, late)
         for outcome, count in collections.Counter(r.outcome for r in final).items():
             self._metrics.events.labels(outcome.value).inc(count)
         return IngestReport(final, deduplicated)
 
-    async def _claim(self, event_ids: Sequence[str]) -> tuple[list[Claim], bool]:
+    async def _claim(self, events: Sequence[EventIn]) -> tuple[list[Claim], bool]:
+        """A claim per event. Only client-supplied ids can repeat; generated ones are fresh
+        uuid4s and skip the Redis round trip altogether."""
+        client_ids = [event.event_id for event in events if event.event_id is not None]
+        if not client_ids:
+            return [_FRESH] * len(events), True
         try:
-            return await self._dedup.claim(event_ids), True
+            from_redis = iter(await self._dedup.claim(client_ids))
+            return [next(from_redis) if e.event_id is not None else _FRESH for e in events], True
         except DedupUnavailableError as error:
             self._metrics.dedup_unavailable.inc()
             if not self._accept_without_dedup:
                 raise DedupRejectedError(str(error)) from error
+            # Repeats inside the request are still collapsed (by the caller).
             log.warning("idempotency check skipped, redis unavailable: %s", error)
-            # Without Redis, still collapse repeats inside the request itself.
-            seen: set[str] = set()
-            claims = []
-            for event_id in event_ids:
-                claims.append(Claim(ClaimState.IN_FLIGHT if event_id in seen else ClaimState.NEW))
-                seen.add(event_id)
-            return claims, False
+            return [_FRESH] * len(events), False
+
+    async def _write(
+        self,
+        to_write: Sequence[int],
+        event_ids: Sequence[str],
+        events: Sequence[EventIn],
+        received_at: datetime,
+        results: list[EventResult | None],
+    ) -> list[tuple[str, asyncio.Future[RecordMetadata], int]]:
+        """Produce ``events[to_write]``, fill in their results; return the writes whose
+        acknowledgement did not come in time (event id, future, offset delta)."""
+        sent_at = time.perf_counter()
+        try:
+            placed = await self._produce([(event_ids[i], events[i], received_at) for i in to_write])
+        except (KafkaUnavailableError, KafkaError, ValueError) as error:
+            for i in to_write:
+                results[i] = EventResult(event_ids[i], Outcome.FAILED, error=str(error))
+            return []
+        _, not_done = await asyncio.wait(
+            {future for future, _ in placed}, timeout=self._ack_timeout_s
+        )
+        self._metrics.ack_latency.observe(time.perf_counter() - sent_at)
+        late = []
+        for i, (future, position) in zip(to_write, placed, strict=True):
+            if future in not_done:
+                results[i] = EventResult(event_ids[i], Outcome.FAILED, error=_TIMED_OUT)
+                late.append((event_ids[i], future, position))
+            elif (failure := future.exception()) is not None:
+                results[i] = EventResult(event_ids[i], Outcome.FAILED, error=str(failure))
+            else:
+                metadata = future.result()
+                results[i] = EventResult(
+                    event_ids[i], Outcome.STORED, metadata.partition, metadata.offset + position
+                )
+        return late
 
     async def _produce(
         self, batch: Sequence[tuple[str, EventIn, datetime]]
@@ -214,47 +217,51 @@ class EventIngestor:
             return [(future, 0)]
         return await self._producer.send_many(self._topic, records)
 
-    def _settle(self, results: Sequence[EventResult], ours: set[str]) -> None:
-        """Confirm stored claims, release failed ones (only client ids this request claimed).
+    def _settle(
+        self,
+        results: Sequence[EventResult],
+        claimed: set[str],
+        late: Sequence[tuple[str, asyncio.Future[RecordMetadata], int]],
+    ) -> None:
+        """Confirm stored claims and release failed ones, for the ids this request claimed.
 
         Queued, not awaited: the client's answer depends on Kafka, not on this bookkeeping. A
         confirmation lost to a crash leaves a pending key that expires: a later retry is then
-        written twice (a duplicate, never a loss).
+        written twice (a duplicate, never a loss). Writes still unacknowledged at the answer may
+        yet be stored: they are settled when the broker answers, so that the client's retry is
+        then recognized as a duplicate.
         """
-        self._dedup.confirm(
-            [
-                (r.event_id, r.partition, r.offset or 0)
-                for r in results
-                if r.outcome is Outcome.STORED and r.partition is not None and r.event_id in ours
-            ]
-        )
-        self._dedup.release(
-            [
-                r.event_id
-                for r in results
-                if r.outcome is Outcome.FAILED and r.event_id in ours and r.error != _TIMED_OUT
-            ]
-        )
+        pending = {event_id for event_id, _, _ in late}
+        stored, failed = [], []
+        for r in results:
+            if r.event_id not in claimed or r.event_id in pending:
+                continue
+            if r.outcome is Outcome.STORED and r.partition is not None and r.offset is not None:
+                stored.append((r.event_id, r.partition, r.offset))
+            elif r.outcome is Outcome.FAILED:
+                failed.append(r.event_id)
+        self._dedup.confirm(stored)
+        self._dedup.release(failed)
+        late = [entry for entry in late if entry[0] in claimed]
+        if late:
+            task = asyncio.create_task(self._settle_late(late))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
-    def _settle_later(
-        self, pending: Sequence[tuple[str, asyncio.Future[RecordMetadata], int]]
+    async def _settle_late(
+        self, late: Sequence[tuple[str, asyncio.Future[RecordMetadata], int]]
     ) -> None:
-        async def settle() -> None:
-            await asyncio.wait({future for _, future, _ in pending})
-            stored = []
-            failed = []
-            for event_id, future, position in pending:
-                if future.exception() is None:
-                    metadata = future.result()
-                    stored.append((event_id, metadata.partition, metadata.offset + position))
-                else:
-                    failed.append(event_id)
-            self._dedup.confirm(stored)
-            self._dedup.release(failed)
-
-        task = asyncio.create_task(settle())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await asyncio.wait({future for _, future, _ in late})
+        stored = []
+        failed = []
+        for event_id, future, position in late:
+            if future.exception() is None:
+                metadata = future.result()
+                stored.append((event_id, metadata.partition, metadata.offset + position))
+            else:
+                failed.append(event_id)
+        self._dedup.confirm(stored)
+        self._dedup.release(failed)
 
 
 def _now_ms() -> datetime:
