@@ -7,9 +7,21 @@ import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from streamrec_shared.kafka import client_options
 from streamrec_shared.settings import KafkaSettings
+
+
+async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == 0, f"topic {topic}: {described}"
+    return sorted(p["partition"] for p in described["partitions"])
 
 
 async def read_topic(
@@ -25,11 +37,7 @@ async def read_topic(
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
-        # A consumer only fetches metadata for topics it knows of: tell its client about this one.
-        await consumer._client._wait_on_metadata(topic)
-        partitions = consumer.partitions_for_topic(topic)
-        assert partitions, f"topic {topic} not found"
-        assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assignment = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)
         records: list[ConsumerRecord[bytes, bytes]] = []
