@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +45,10 @@ WRK_DIR = REPO / "benchmarks" / "wrk"
 
 
 def sample_record(n: int) -> bytes:
-    event = EventIn(event_id=f"raw-{n}", user_id=f"u{n % 943}", item_id=f"i{n % 1682}",
-                    type="click", context={"page": "home"})  # type: ignore[arg-type]  # fmt: skip
-    from datetime import UTC, datetime
-
-    return event.to_record(datetime.now(UTC)).model_dump_json().encode()
+    """The same bytes ingest would write for the event the wrk scripts post."""
+    event = EventIn(user_id=f"u{n % 943}", item_id=f"i{n % 1682}", type="click",
+                    context={"page": "home"})  # type: ignore[arg-type]  # fmt: skip
+    return event.record_value(f"raw-{n}", datetime.now(UTC))
 
 
 async def raw_producer(kafka: KafkaSettings, topic: str, count: int) -> dict[str, float]:

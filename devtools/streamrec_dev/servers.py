@@ -350,19 +350,17 @@ def _kafka_metadata_ok(bootstrap: str) -> bool:
 
 
 def ensure_debian_package(binary: str, package: str) -> str:
-    """Find ``binary`` or install Debian's ``package`` (the setup runs as root here)."""
-    found = shutil.which(binary) or (
-        binary if Path(binary).is_absolute() and Path(binary).exists() else None
-    )
-    if found:
+    """Find ``binary`` on PATH or install Debian's ``package``: the one place the project
+    installs system packages (servers start through here, so a fresh machine needs no step)."""
+    if found := shutil.which(binary):
         return found
     if shutil.which("apt-get") is None:
         raise ServerError(f"{binary} is missing and apt-get is not available: install {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
-    found = shutil.which(binary) or (binary if Path(binary).exists() else None)
-    if not found:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", package], check=True, env=env)
+    if not (found := shutil.which(binary)):
         raise ServerError(f"installed {package} but {binary} is still missing")
     return found
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,7 +19,6 @@ from streamrec_dev.servers import (
     ManagedProcess,
     RedisServer,
     ServiceServer,
-    ensure_kafka_jars,
 )
 
 
@@ -107,7 +107,6 @@ class LocalStack:
 
     def up(self, demo: bool = True, progress: Callable[[str], None] = print) -> None:
         """Start whatever is not running yet, in dependency order (idempotent)."""
-        ensure_kafka_jars()
         for infra in (self.kafka, self.redis):
             progress(f"{infra.name}: {'started' if infra.start(timeout=90) else 'already running'}")
         topics = self.create_topics()
@@ -133,8 +132,6 @@ class DemoStream(ManagedProcess):
     rate: float = 20.0
 
     def command(self) -> list[str]:
-        import sys
-
         return [
             sys.executable,
             "-m",
