@@ -81,6 +81,18 @@ def topics() -> None:
 
 
 @app.command()
+def dockerfiles() -> None:
+    """Write services/*/Dockerfile from infra/docker/service.Dockerfile.in."""
+    from streamrec_dev.dockerfiles import write_all
+
+    changed = write_all()
+    for path in changed:
+        console.print(f"wrote {path.relative_to(path.parents[2])}")
+    if not changed:
+        console.print("all Dockerfiles up to date")
+
+
+@app.command()
 def demo(
     ingest_url: str = typer.Option("http://127.0.0.1:8001", help="Ingest base URL."),
     rate: float = typer.Option(20.0, help="Events per second."),

@@ -280,3 +280,14 @@ def test_dockerignore_matcher_follows_last_match_wins() -> None:
     assert _included("a.py", ["*", "!a.py"])
     assert not _included("a.py", ["!a.py", "*"])
     assert not _included("src/__pycache__/m.pyc", ["*", "!src/", "**/__pycache__"])
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_dockerfile_is_rendered_from_the_shared_template(service: str) -> None:
+    from streamrec_dev.dockerfiles import dockerfile_path
+    from streamrec_dev.dockerfiles import render as render_dockerfile
+
+    assert dockerfile_path(service).read_text() == render_dockerfile(service), (
+        f"services/{service}/Dockerfile differs from infra/docker/service.Dockerfile.in: "
+        "edit the template and run `streamrec dockerfiles`"
+    )
