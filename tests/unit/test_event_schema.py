@@ -7,11 +7,13 @@ import pytest
 from pydantic import ValidationError
 from streamrec_shared.schemas import (
     EventIn,
+    EventRecord,
     EventTimeWindow,
     EventType,
     batch_adapter,
     validation_details,
 )
+from streamrec_shared.schemas.events import new_event_id
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -31,7 +33,7 @@ def test_minimal_event_gets_defaults_resolved_in_its_record() -> None:
     assert event.event_id is None
     assert event.timestamp is None
     assert event.context == {}
-    record = event.to_record(NOW)
+    record = EventRecord.model_validate_json(event.record_value(new_event_id(), NOW))
     assert len(record.event_id) == 32
     assert record.timestamp == NOW
     assert record.received_at == NOW
@@ -51,7 +53,7 @@ def test_client_event_id_and_fields_are_kept() -> None:
             "context": {"page": "home", "pos": 3, "ab": True},
         }
     )
-    record = event.to_record(NOW)
+    record = EventRecord.model_validate_json(event.record_value("abc-1:2", NOW))
     assert record.event_id == "abc-1:2"
     assert record.timestamp == datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
     assert record.context == {"page": "home", "pos": 3, "ab": True}

@@ -143,11 +143,6 @@ class EventIn(BaseModel):
             }
         )
 
-    def to_record(self, received_at: datetime, event_id: str | None = None) -> EventRecord:
-        return EventRecord.model_validate_json(
-            self.record_value(event_id or self.event_id or new_event_id(), received_at)
-        )
-
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
