@@ -150,30 +150,23 @@ class ResilientProducer:
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
         batches: list[tuple[int, Any]] = []  # (partition, builder), in creation order
-        open_batch: dict[int, tuple[int, int]] = {}  # partition -> (index in batches, records)
+        open_batch: dict[int, int] = {}  # partition -> index in batches of its open batch
         placed: list[tuple[int, int]] = []  # per record: (index in batches, index in batch)
+        sizes: list[int] = []  # records per batch
         for key, value, headers in records:
             partition = self._partitioner(key, partitions, partitions)
-            slot, count = open_batch.get(partition, (-1, 0))
-            if (
-                slot < 0
-                or batches[slot][1].append(
-                    timestamp=None, key=key, value=value, headers=list(headers)
-                )
-                is None
-            ):
-                # No batch for this partition yet, or it is full: start another.
+            slot = open_batch.get(partition)
+            record = {"timestamp": None, "key": key, "value": value, "headers": list(headers)}
+            if slot is None or batches[slot][1].append(**record) is None:
+                # No batch for this partition yet, or it is full: start another (an empty
+                # batch always takes its first record; the broker judges its size).
+                slot = len(batches)
                 batches.append((partition, producer.create_batch()))
-                slot, count = len(batches) - 1, 0
-                if (
-                    batches[slot][1].append(
-                        timestamp=None, key=key, value=value, headers=list(headers)
-                    )
-                    is None
-                ):
-                    raise ValueError("record larger than the maximum batch size")
-            placed.append((slot, count))
-            open_batch[partition] = (slot, count + 1)
+                sizes.append(0)
+                open_batch[partition] = slot
+                batches[slot][1].append(**record)
+            placed.append((slot, sizes[slot]))
+            sizes[slot] += 1
         futures = [
             await producer.send_batch(builder, topic, partition=partition)
             for partition, builder in batches
