@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -398,6 +399,171 @@ class RedisServer(ManagedProcess):
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_bin_dirs() -> list[Path]:
+    """Debian's server binaries, one folder per major version (``/usr/lib/postgresql/15/bin``),
+    newest first."""
+    found = [d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "initdb").exists()]
+    return sorted(
+        found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else -1, reverse=True
+    )
+
+
+def ensure_postgres() -> Path:
+    """The folder of ``initdb``/``postgres``, installing Debian's ``postgresql`` when missing.
+
+    Debian keeps the server binaries off PATH, so the PATH binary that ``ensure_debian_package``
+    looks for is postgresql-common's ``pg_ctlcluster`` (the server package depends on it). A
+    machine with postgresql-common but no server gets the error below.
+    """
+    if not (dirs := _postgres_bin_dirs()):
+        ensure_debian_package("pg_ctlcluster", "postgresql")
+        if not (dirs := _postgres_bin_dirs()):
+            raise ServerError("no /usr/lib/postgresql/*/bin/initdb: install Debian's postgresql")
+    return dirs[0]
+
+
+# PostgreSQL refuses to run as root. As root (CI, containers), initdb and postgres run as the
+# `postgres` system user that the Debian package creates; otherwise as the current user.
+_POSTGRES_USER = "postgres"
+
+
+@dataclass
+class PostgresServer(ManagedProcess):
+    """A throwaway PostgreSQL cluster in ``home``: superuser ``streamrec``, trust auth, TCP on
+    127.0.0.1 and a Unix socket in ``home/socket``.
+
+    As root, ``home`` and every folder above it must be enterable by the ``postgres`` user
+    (mode o+x): pytest's own tmp folder (0700) is not, so the fixture uses a folder of its own.
+    """
+
+    # fsync, synchronous commit and full-page writes off: a crash may lose or corrupt data.
+    # For tests only.
+    fast_unsafe: bool = False
+    superuser: str = "streamrec"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "socket"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.superuser}@127.0.0.1:{self.port}/{database}"
+
+    def _as_owner(self) -> list[str]:
+        """The prefix that runs a server binary as its owner (root hands over to `postgres`)."""
+        if os.geteuid() != 0:
+            return []
+        # setpriv execs (no forked parent like su/runuser), so the PID we record is postgres.
+        return [
+            "setpriv",
+            f"--reuid={_POSTGRES_USER}",
+            f"--regid={_POSTGRES_USER}",
+            "--init-groups",
+            "--",
+        ]
+
+    def _owned_dir(self, path: Path) -> None:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(path, _POSTGRES_USER, _POSTGRES_USER)
+
+    def prepare(self) -> None:
+        bin_dir = ensure_postgres()
+        self._owned_dir(self.socket_dir)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self._owned_dir(self.data_dir)
+        result = subprocess.run(
+            [
+                *self._as_owner(),
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.superuser,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",  # present on every machine, unlike the caller's LANG
+                *(["--no-sync"] if self.fast_unsafe else []),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=self.home,
+        )
+        if result.returncode != 0:
+            raise ServerError(
+                f"initdb failed (as root, {self.home} and its parents must be enterable by the "
+                f"{_POSTGRES_USER} user):\n{result.stdout}{result.stderr}"
+            )
+
+    def command(self) -> list[str]:
+        unsafe = ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        settings = [
+            "listen_addresses=127.0.0.1",
+            f"port={self.port}",
+            f"unix_socket_directories={self.socket_dir}",
+            *(unsafe if self.fast_unsafe else []),
+        ]
+        return [
+            *self._as_owner(),
+            str(ensure_postgres() / "postgres"),
+            "-D",
+            str(self.data_dir),
+            *(arg for setting in settings for arg in ("-c", setting)),
+        ]
+
+    def _client(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run one of the client programs (``pg_isready``, ``psql``) against this server."""
+        return subprocess.run(
+            [
+                str(ensure_postgres() / program),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+            # Only our arguments choose the server: no PGHOST/PGPASSWORD from the caller.
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        )
+
+    def healthy(self) -> bool:
+        # pg_isready answers 0 only once the server accepts connections (not while starting).
+        # It names an existing database, or every probe logs "database ... does not exist".
+        return (
+            port_open(self.port)
+            and self._client("pg_isready", "-q", "-t", "2", "-d", "postgres").returncode == 0
+        )
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (lowercase letters, digits, _) and return its URL."""
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise ValueError(f"not a plain database name: {name!r}")
+        result = self._client("psql", "-X", "-q", "-d", "postgres", "-c", f"CREATE DATABASE {name}")
+        if result.returncode != 0:
+            raise ServerError(f"CREATE DATABASE {name} failed: {result.stderr.strip()}")
+        return self.url(name)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to disconnect;
+        # SIGINT ("fast") disconnects them, rolls back and still writes a clean checkpoint.
+        return self._signal(signal.SIGINT, timeout)
 
 
 # ------------------------------------------------------------------------------------ Services
