@@ -6,12 +6,14 @@ having talked to a real broker.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from streamrec_dev.servers import KafkaServer, RedisServer, free_port
+from streamrec_dev.servers import KafkaServer, PostgresServer, RedisServer, free_port
 from streamrec_shared.kafka import ensure_topics
 from streamrec_shared.settings import KafkaSettings, RedisSettings, TopicSettings
 
@@ -72,3 +74,33 @@ async def topic_settings(
     )
     await ensure_topics(kafka_settings, topics)
     return topics
+
+
+# ------------------------------------------------------------------ PostgreSQL and the registry
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under servers_home: pytest's tmp root is 0700 for its user, and as root PostgreSQL
+    # runs as the `postgres` user, which must be able to enter its home. A folder of its own
+    # (0755, removed afterwards) keeps pytest's folder private.
+    home = Path(tempfile.mkdtemp(prefix="streamrec-pg-"))
+    try:
+        home.chmod(0o755)
+        server = PostgresServer(name="postgres", home=home, port=free_port(), fast_unsafe=True)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> str:
+    """An empty database for the model registry: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database(f"reg_{unique}")
