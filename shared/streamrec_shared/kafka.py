@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
@@ -260,3 +261,52 @@ async def ensure_topics(
         return outcome
     finally:
         await admin.close()
+
+
+async def dead_letter(
+    producer: ResilientProducer,
+    dlq_topic: str,
+    source: tuple[str, int, int],
+    key: bytes | None,
+    value: bytes | None,
+    error: str,
+) -> None:
+    """Park a record a consumer cannot use on the dead-letter topic, with where it came from.
+
+    The original key and bytes are kept as they were, so an operator can replay them once the
+    cause is fixed. Waits for the broker's acknowledgement: the caller moves past the record only
+    after it is safely parked.
+    """
+    topic, partition, offset = source
+    headers = [
+        ("x-dlq-source", f"{topic}/{partition}/{offset}".encode()),
+        ("x-dlq-error", error[:1000].encode()),
+    ]
+    future = await producer.send(dlq_topic, value or b"", key=key, headers=headers)
+    await future
+
+
+async def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
+    """The partition numbers of ``topic``; ``KeyError`` when it does not exist."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] != 0:
+        raise KeyError(topic)
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+async def partition_bounds(settings: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
+    """``{partition: (first stored offset, end offset)}`` of a topic, right now."""
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
+    consumer = build_consumer(settings, group_id=f"streamrec-bounds-{uuid.uuid4().hex}")
+    await consumer.start()
+    try:
+        begins = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        return {tp.partition: (begins[tp], ends[tp]) for tp in partitions}
+    finally:
+        await consumer.stop()

@@ -7,21 +7,13 @@ import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
-from streamrec_shared.kafka import client_options
+from streamrec_shared.kafka import client_options, topic_partitions
 from streamrec_shared.settings import KafkaSettings
 
 
 async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(**client_options(kafka))
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    assert described["error_code"] == 0, f"topic {topic}: {described}"
-    return sorted(p["partition"] for p in described["partitions"])
+    return await topic_partitions(kafka, topic)
 
 
 async def read_topic(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from streamrec_shared.settings import KafkaSettings, LogSettings, RedisSettings, TopicSettings
 
@@ -11,6 +13,30 @@ class TrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_TRAINER_", extra="ignore")
 
     port: int = Field(default=8002, ge=1, le=65535, description="Port the container listens on.")
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///registry.db"),
+        description="Registry database (SQLAlchemy URL): SQLite file or postgresql+psycopg://.",
+    )
+    artifacts_dir: Path = Field(
+        default=Path("artifacts"), description="Root of the directory artifact store."
+    )
+    control_group: str = Field(
+        default="streamrec-trainer",
+        description="Consumer group reading the control topic (one trainer acts on a request).",
+    )
+    run_group_prefix: str = Field(
+        default="streamrec-trainer-run-",
+        description="Each run commits its progress under the group <prefix><spec>-<run>.",
+    )
+    max_active_runs: int = Field(default=4, ge=1, le=64)
+    fetch_max_records: int = Field(
+        default=16_384, ge=1, le=1_000_000, description="Records per fetch from events."
+    )
+    max_seen_items: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Seen items kept per user for evaluation."
+    )
+    checkpoints_kept: int = Field(default=3, ge=1, le=100)
+    kafka_connect_wait_s: float = Field(default=5.0, ge=0, le=300)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)

@@ -1,24 +1,77 @@
 """The trainer app factory: ``uvicorn --factory trainer.main:create_app``.
 
-A skeleton so far: Control-topic coordinated streaming trainer and model registry (issue 3).
-It has the probes and metrics every service has, so the local stack and the manifests
-already treat it like the others.
+The lifespan owns the registry (migrated on start), the artifact store, the control-topic
+producer and the coordinator that runs training. On shutdown every run writes a checkpoint and
+stays resumable.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from streamrec_shared.app import always_ready, service_app
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
+from streamrec_shared.app import service_app
+from streamrec_shared.artifacts import DirectoryArtifactStore
+from streamrec_shared.http import Probe
+from streamrec_shared.kafka import ResilientProducer
+
+from trainer.api import router
+from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
+from trainer.coordinator import Coordinator
+from trainer.metrics import TrainerMetrics
+from trainer.registry import Registry
+from trainer.runs import RunServices
+from trainer.state import TrainerState
 
 
 def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     settings = settings or TrainerSettings()
-    app, _ = service_app(
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = Registry(settings.database_url.get_secret_value())
+        await asyncio.to_thread(registry.migrate)
+        store = DirectoryArtifactStore(settings.artifacts_dir)
+        producer = ResilientProducer(settings.kafka)
+        await producer.start(wait_s=settings.kafka_connect_wait_s)
+        services = RunServices(
+            settings=settings,
+            registry=registry,
+            store=store,
+            checkpoints=Checkpoints(store, settings.checkpoints_kept),
+            producer=producer,
+            metrics=metrics,
+        )
+        coordinator = Coordinator(services)
+        await coordinator.start()
+        app.state.trainer = TrainerState(settings, services, coordinator)
+        try:
+            yield
+        finally:
+            await coordinator.stop()
+            await producer.stop()
+            registry.close()
+
+    def readiness(app: FastAPI) -> Probe:
+        async def ready() -> dict[str, bool]:
+            state: TrainerState = app.state.trainer
+            return {
+                "kafka": await state.services.producer.reachable(),
+                "control_consumer": state.coordinator.consumer_connected,
+            }
+
+        return ready
+
+    app, http_metrics = service_app(
         "trainer",
-        "Control-topic coordinated streaming trainer and model registry (issue 3).",
+        "Control-topic coordinated streaming trainer and model registry.",
         settings.log,
-        always_ready,
+        readiness,
+        lifespan,
     )
+    metrics = TrainerMetrics.on(http_metrics.registry)
+    app.include_router(router)
     return app

@@ -179,3 +179,44 @@ class EventRecord(BaseModel):
     received_at: datetime
     rec_id: str | None = None
     context: dict[str, str | bool | int | float] = Field(default_factory=dict)
+
+
+# How strongly each event type says "the user wants this item". Types missing here (removals,
+# dislikes) are not positives: they enter neither a user's recent items nor the training data.
+# Ratings count whatever their value: a rating means the user watched the item.
+INTERACTION_WEIGHTS: dict[str, float] = {
+    EventType.VIEW: 1.0,
+    EventType.CLICK: 1.0,
+    EventType.RATING: 1.0,
+    EventType.LIKE: 1.5,
+    EventType.SHARE: 1.5,
+    EventType.ADD_TO_CART: 2.0,
+    EventType.PURCHASE: 3.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """The fields of an event record that learning and features need, decoded cheaply."""
+
+    user_id: str
+    item_id: str
+    weight: float
+    timestamp: str
+
+
+def decode_interaction(value: bytes) -> Interaction | None:
+    """An ``events`` record as an interaction; ``None`` for events that are not positives.
+
+    The hot paths (training, feature updates) read tens of thousands of records a second, so this
+    skips pydantic: ingest validated every record before producing it. Raises ``ValueError`` for
+    bytes that are not an event record (the caller dead-letters them).
+    """
+    try:
+        record = orjson.loads(value)
+        weight = INTERACTION_WEIGHTS.get(record["type"])
+        if weight is None:
+            return None
+        return Interaction(record["user_id"], record["item_id"], weight, record["timestamp"])
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"not an event record: {error}") from error

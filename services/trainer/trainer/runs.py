@@ -1,0 +1,644 @@
+"""One training run: read the stream, learn off the event loop, judge, publish, checkpoint.
+
+``batch`` reads a bounded offset range, holds out its newest share, trains (``epochs`` passes),
+judges the candidate against the current version and publishes it or records the rejection.
+
+``incremental`` follows the stream from its checkpoint (or the request's start): each fetch is
+decoded and trained in the run's worker thread while aiokafka keeps fetching; every
+``publish.every_events`` events or ``publish.every_s`` seconds the run judges its candidate on
+the held-out sample, publishes it if it passes, writes a checkpoint, and only then commits the
+consumer offsets. A restart resumes from the checkpoint's own positions, so every event below
+them was trained exactly once and none above them is lost; the committed offsets follow the
+checkpoints so lag tools see progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from streamrec_shared.artifacts import DirectoryArtifactStore, StoredArtifact
+from streamrec_shared.kafka import (
+    KafkaUnavailableError,
+    ResilientProducer,
+    build_consumer,
+    topic_partitions,
+)
+from streamrec_shared.kafka import dead_letter as park
+from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
+from streamrec_shared.schemas.control import (
+    BoundedStream,
+    CandidateRejected,
+    FollowStream,
+    ModelPublished,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingMode,
+    TrainRequested,
+    _Message,
+)
+from streamrec_shared.schemas.events import Interaction, decode_interaction
+
+from trainer.checkpoints import Checkpoints
+from trainer.config import TrainerSettings
+from trainer.learner import Learner
+from trainer.metrics import TrainerMetrics
+from trainer.registry import Registry, RunStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Record = tuple[int, int, bytes | None, bytes | None]  # partition, offset, key, value
+
+
+class RunStopped(Exception):
+    """The run was asked to stop (or the service is shutting down)."""
+
+
+@dataclass
+class RunServices:
+    """What every run shares, owned by the app's lifespan."""
+
+    settings: TrainerSettings
+    registry: Registry
+    store: DirectoryArtifactStore
+    checkpoints: Checkpoints
+    producer: ResilientProducer
+    metrics: TrainerMetrics
+
+
+@dataclass
+class Baseline:
+    version: int
+    scorer: ItemPoolingScorer
+
+
+@dataclass
+class CycleResult:
+    decision: str  # "published" | "rejected" | "deferred"
+    reason: str
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float] | None
+    position: dict[int, int]
+    events_trained: int
+    item_count: int
+    artifact: StoredArtifact | None
+    scorer: ItemPoolingScorer
+    seconds: float
+
+
+@dataclass
+class Progress:
+    """Live figures for the API (the registry keeps the durable ones)."""
+
+    phase: str = "starting"
+    events_observed: int = 0
+    events_trained: int = 0
+    steps: int = 0
+    last_loss: float | None = None
+    heldout: int = 0
+    items: int = 0
+    users: int = 0
+    position: dict[int, int] = field(default_factory=dict)
+    events_per_s: float = 0.0
+    last_cycle: dict[str, Any] | None = None
+    resumed_from_checkpoint: bool = False
+
+
+class TrainingRun:
+    def __init__(self, services: RunServices, request: TrainRequested) -> None:
+        self.services = services
+        self.request = request
+        self.spec_id = request.spec_id
+        self.run_id = request.run_id
+        self.hp = request.spec.hyperparameters
+        self.progress = Progress()
+        self._stop = asyncio.Event()
+        self._final_stop = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"run-{self.run_id[:8]}")
+        self._learner: Learner | None = None
+        self._baseline: Baseline | None = None
+        self._random = random.Random(f"{self.run_id}:holdout")  # noqa: S311 - sampling
+        self._dead: list[tuple[Record, str]] = []
+        self._rate_window: tuple[float, int] = (time.monotonic(), 0)
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.services.settings.run_group_prefix}{self.spec_id}-{self.run_id}"
+
+    def request_stop(self, final: bool) -> None:
+        """``final``: the run ends as ``stopped``; otherwise (shutdown) it resumes on restart."""
+        self._final_stop = self._final_stop or final
+        self._stop.set()
+
+    async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _registry(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> RunStatus | None:
+        """Run to the end; returns the final status, or ``None`` when interrupted by shutdown."""
+        registry = self.services.registry
+        try:
+            await self._registry(registry.mark_run_running, self.run_id)
+            if self.request.mode is TrainingMode.BATCH:
+                await self._run_batch()
+                status = RunStatus.SUCCEEDED
+            else:
+                await self._run_follow()
+                status = RunStatus.STOPPED
+        except RunStopped:
+            if not self._final_stop:
+                log.info("run %s interrupted; it resumes on restart", self.run_id)
+                return None
+            status = RunStatus.STOPPED
+        except Exception as error:
+            log.exception("run %s failed", self.run_id)
+            await self._finish(RunStatus.FAILED, f"{type(error).__name__}: {error}")
+            return RunStatus.FAILED
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._finish(status, None)
+        return status
+
+    async def _finish(self, status: RunStatus, error: str | None) -> None:
+        self.progress.phase = status.value
+        await self._registry(self.services.registry.finish_run, self.run_id, status, error)
+        message: _Message
+        if status is RunStatus.FAILED:
+            message = TrainingFailed(
+                run_id=self.run_id, spec_id=self.spec_id, error=(error or "")[:4000]
+            )
+        else:
+            message = TrainingFinished(
+                run_id=self.run_id,
+                spec_id=self.spec_id,
+                status="succeeded" if status is RunStatus.SUCCEEDED else "stopped",
+                events_trained=self.progress.events_trained,
+            )
+        await self._announce(message, give_up_on_stop=False)
+
+    async def _announce(self, message: _Message, give_up_on_stop: bool = True) -> None:
+        """Put a message on the control topic and wait for the broker's acknowledgement.
+
+        Retries while Kafka is unavailable: a version is only announced once, and inference
+        learns of it from this message.
+        """
+        topic = self.services.settings.topics.control
+        for attempt in range(60):
+            try:
+                future = await self.services.producer.send(
+                    topic, message.encode(), key=message.subject_key()
+                )
+                await future
+                return
+            except (KafkaUnavailableError, KafkaError, OSError):
+                if give_up_on_stop and self._stop.is_set():
+                    raise RunStopped() from None
+                await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
+        log.error("could not announce %s for run %s", message.type, self.run_id)
+
+    # --- preparing -----------------------------------------------------------------------
+
+    def _prepare(self, resume: bool) -> None:
+        """Learner from the run's checkpoint, else warm from the latest version, else fresh."""
+        services = self.services
+        max_seen = services.settings.max_seen_items
+        latest = services.registry.latest_version(self.spec_id)
+        checkpoint = services.checkpoints.latest(self.spec_id, self.run_id) if resume else None
+        if checkpoint is not None:
+            self._learner, _ = Learner.load(checkpoint, self.hp, max_seen)
+            self.progress.resumed_from_checkpoint = True
+        else:
+            self._learner = Learner(self.hp, max_seen)
+            if self.request.warm_start and latest is not None:
+                weights = load_weights(services.store.open(latest.artifact_uri, latest.digest))
+                try:
+                    self._learner.warm_start(weights)
+                except ValueError as error:
+                    log.warning("run %s starts cold: %s", self.run_id, error)
+                    self._learner = Learner(self.hp, max_seen)
+        self._refresh_baseline()
+
+    def _refresh_baseline(self) -> None:
+        """The version a candidate must not be worse than: the newest published one."""
+        latest = self.services.registry.latest_version(self.spec_id)
+        if latest is None or (self._baseline and self._baseline.version == latest.version):
+            return
+        folder = self.services.store.open(latest.artifact_uri, latest.digest)
+        self._baseline = Baseline(latest.version, ItemPoolingScorer(load_weights(folder)))
+
+    # --- the worker's share --------------------------------------------------------------
+
+    def _learn(self, records: list[Record], hold_out: Callable[[Interaction], bool]) -> None:
+        learner = self._require_learner()
+        for partition, offset, key, value in records:
+            try:
+                interaction = decode_interaction(value or b"")
+            except ValueError as error:
+                self._dead.append(((partition, offset, key, value), str(error)))
+                learner.skip(partition, offset)
+                continue
+            if interaction is None:
+                learner.skip(partition, offset)
+            else:
+                learner.observe(interaction, partition, offset, hold_out(interaction))
+        learner.train_pending()
+        self._update_progress()
+
+    def _update_progress(self) -> None:
+        learner = self._require_learner()
+        progress = self.progress
+        started, trained_then = self._rate_window
+        now = time.monotonic()
+        if now - started >= 1.0:
+            progress.events_per_s = (learner.events_trained - trained_then) / (now - started)
+            self._rate_window = (now, learner.events_trained)
+        progress.events_observed = learner.events_observed
+        progress.events_trained = learner.events_trained
+        progress.steps = learner.model.steps
+        progress.last_loss = learner.last_loss
+        progress.heldout = len(learner.heldout)
+        progress.items = len(learner.item_ids)
+        progress.users = len(learner.users)
+        progress.position = dict(learner.position)
+
+    def _cycle(self, final_batch: bool) -> CycleResult:
+        """Judge the candidate, store it if it passes, checkpoint (incremental runs)."""
+        began = time.perf_counter()
+        learner = self._require_learner()
+        policy = self.request.validation
+        learner.train_pending(flush=True)
+        self._refresh_baseline()
+        weights = learner.candidate()
+        scorer = ItemPoolingScorer(weights)
+        metrics = learner.evaluate(scorer, policy.max_events)
+        baseline = self._baseline
+        baseline_metrics = (
+            learner.evaluate(baseline.scorer, policy.max_events) if baseline else None
+        )
+        judged = int(metrics["events"])
+        if baseline_metrics is None:
+            decision, reason = "published", "first version of this spec"
+        elif judged < policy.min_events:
+            decision = "rejected" if final_batch else "deferred"
+            reason = f"{judged} held-out events, the gate needs {policy.min_events}"
+        elif metrics[policy.metric] < baseline_metrics[policy.metric] - policy.tolerance:
+            decision = "rejected"
+            reason = (
+                f"{policy.metric} {metrics[policy.metric]:.4f} is below the current version's"
+                f" {baseline_metrics[policy.metric]:.4f} by more than {policy.tolerance}"
+            )
+        else:
+            decision = "published"
+            reason = (
+                f"{policy.metric} {metrics[policy.metric]:.4f} vs current"
+                f" {baseline_metrics[policy.metric]:.4f} (tolerance {policy.tolerance})"
+            )
+        position = dict(learner.position)
+        artifact = None
+        if decision == "published":
+            manifest = {
+                "spec_id": self.spec_id,
+                "run_id": self.run_id,
+                "hyperparameters": self.hp.model_dump(),
+                "trained_through": {str(p): o for p, o in position.items()},
+                "events_trained": learner.events_trained,
+                "metrics": metrics,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+            artifact = self.services.store.write(
+                f"models/{self.spec_id}", lambda folder: weights.save(folder, manifest)
+            )
+        if self.request.mode is TrainingMode.INCREMENTAL:
+            if decision != "deferred":
+                learner.release_heldout()
+            self.services.checkpoints.save(
+                self.spec_id,
+                self.run_id,
+                lambda folder: learner.save(folder, {"run_id": self.run_id}),
+            )
+        self._update_progress()
+        return CycleResult(
+            decision=decision,
+            reason=reason,
+            metrics=metrics,
+            baseline_metrics=baseline_metrics,
+            position=position,
+            events_trained=learner.events_trained,
+            item_count=len(weights.item_ids),
+            artifact=artifact,
+            scorer=scorer,
+            seconds=time.perf_counter() - began,
+        )
+
+    def _require_learner(self) -> Learner:
+        if self._learner is None:
+            raise RuntimeError("the run has not prepared its learner")
+        return self._learner
+
+    # --- after a cycle, on the loop -----------------------------------------------------
+
+    async def _record_cycle(self, result: CycleResult) -> None:
+        registry = self.services.registry
+        metrics = self.services.metrics
+        metrics.cycle_seconds.labels(self.spec_id).observe(result.seconds)
+        self.progress.last_cycle = {
+            "decision": result.decision,
+            "reason": result.reason,
+            "metrics": result.metrics,
+            "baseline_metrics": result.baseline_metrics,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        await self._registry(
+            registry.record_step,
+            self.run_id,
+            self.progress.steps,
+            result.events_trained,
+            self.progress.last_loss or 0.0,
+            {
+                "decision": result.decision,
+                "events_per_s": self.progress.events_per_s,
+                "heldout": result.metrics,
+                "cycle_s": result.seconds,
+            },
+        )
+        if result.decision == "published" and result.artifact is not None:
+            version = await self._registry(
+                registry.publish_version,
+                self.spec_id,
+                self.run_id,
+                result.artifact.uri,
+                result.artifact.digest,
+                result.metrics,
+                result.baseline_metrics,
+                result.position,
+                result.events_trained,
+            )
+            self._baseline = Baseline(version.version, result.scorer)
+            metrics.versions_published.labels(self.spec_id).inc()
+            log.info(
+                "run %s published %s v%d (%s)",
+                self.run_id,
+                self.spec_id,
+                version.version,
+                result.reason,
+            )
+            await self._announce(
+                ModelPublished(
+                    spec_id=self.spec_id,
+                    version=version.version,
+                    run_id=self.run_id,
+                    family=self.request.spec.family,
+                    artifact_uri=result.artifact.uri,
+                    digest=result.artifact.digest,
+                    trained_through=result.position,
+                    events_trained=result.events_trained,
+                    item_count=result.item_count,
+                    metrics=result.metrics,
+                    baseline_metrics=result.baseline_metrics,
+                ),
+                give_up_on_stop=False,
+            )
+        elif result.decision == "rejected":
+            metrics.candidates_rejected.labels(self.spec_id).inc()
+            await self._registry(
+                registry.record_rejection,
+                self.spec_id,
+                self.run_id,
+                result.metrics,
+                result.baseline_metrics,
+                result.position,
+                result.events_trained,
+                result.reason,
+            )
+            log.warning("run %s: candidate rejected: %s", self.run_id, result.reason)
+            await self._announce(
+                CandidateRejected(
+                    spec_id=self.spec_id,
+                    run_id=self.run_id,
+                    reason=result.reason,
+                    metrics=result.metrics,
+                    baseline_metrics=result.baseline_metrics,
+                ),
+                give_up_on_stop=False,
+            )
+        await self._registry(
+            registry.record_progress, self.run_id, result.position, result.events_trained
+        )
+
+    async def _park_dead_letters(self) -> None:
+        dead, self._dead = self._dead, []
+        settings = self.services.settings
+        for (partition, offset, key, value), error in dead:
+            await park(
+                self.services.producer,
+                settings.topics.events_dlq,
+                (self.request.stream.topic, partition, offset),
+                key,
+                value,
+                error,
+            )
+            self.services.metrics.dead_lettered.labels(self.request.stream.topic).inc()
+
+    # --- consuming -----------------------------------------------------------------------
+
+    async def _consumer(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        settings = self.services.settings
+        consumer = build_consumer(
+            settings.kafka,
+            group_id=self.group_id,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        topic = self.request.stream.topic
+        try:
+            partitions = await topic_partitions(settings.kafka, topic)
+        except KeyError:
+            raise ValueError(f"topic {topic!r} does not exist") from None
+        await consumer.start()
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        return consumer, assigned
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, limit: int) -> list[Record]:
+        batches = await consumer.getmany(timeout_ms=200, max_records=limit)
+        return [
+            (record.partition, record.offset, record.key, record.value)
+            for records in batches.values()
+            for record in records
+        ]
+
+    async def _run_follow(self) -> None:
+        stream = self.request.stream
+        if not isinstance(stream, FollowStream):
+            raise TypeError("incremental runs follow a stream")
+        await self._in_worker(self._prepare, True)
+        learner = self._require_learner()
+        consumer, assigned = await self._consumer()
+        try:
+            for tp in assigned:
+                start = learner.position.get(tp.partition, stream.offsets.get(tp.partition))
+                if start is not None:
+                    consumer.seek(tp, start)
+                elif stream.start == "earliest":
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    await consumer.seek_to_end(tp)
+            self.progress.phase = "following"
+            rate = self.request.validation.rate
+            policy = self.request.publish
+            last_cycle, observed_then = time.monotonic(), learner.events_observed
+            while True:
+                if self._stop.is_set():
+                    await self._close_follow(consumer, assigned)
+                    raise RunStopped()
+                records = await self._fetch(consumer, self.services.settings.fetch_max_records)
+                if records:
+                    before = learner.events_trained
+                    await self._in_worker(self._learn, records, self._holdout_sampler(rate))
+                    self.services.metrics.events_trained.labels(self.spec_id).inc(
+                        learner.events_trained - before
+                    )
+                    if self._dead:
+                        await self._park_dead_letters()
+                new_events = learner.events_observed - observed_then
+                due = new_events >= policy.every_events or (
+                    new_events > 0 and time.monotonic() - last_cycle >= policy.every_s
+                )
+                if due:
+                    result = await self._in_worker(self._cycle, False)
+                    await self._record_cycle(result)
+                    await self._commit(consumer, assigned, result.position)
+                    if result.decision != "deferred":
+                        last_cycle, observed_then = time.monotonic(), learner.events_observed
+        finally:
+            await consumer.stop()
+
+    def _holdout_sampler(self, rate: float) -> Callable[[Interaction], bool]:
+        draw = self._random.random
+        return lambda _: draw() < rate
+
+    async def _close_follow(
+        self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition]
+    ) -> None:
+        """On stop: one last checkpoint so that nothing observed is trained twice on restart."""
+        learner = self._require_learner()
+        if learner.events_observed == 0:
+            return
+        result = await self._in_worker(self._checkpoint_only)
+        await self._commit(consumer, assigned, result)
+
+    def _checkpoint_only(self) -> dict[int, int]:
+        learner = self._require_learner()
+        learner.train_pending(flush=True)
+        self.services.checkpoints.save(
+            self.spec_id, self.run_id, lambda folder: learner.save(folder, {"run_id": self.run_id})
+        )
+        return dict(learner.position)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition], position: dict[int, int]
+    ) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(position[tp.partition], "")
+            for tp in assigned
+            if tp.partition in position
+        }
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except Exception:  # the checkpoint is the source of truth; lag display can wait
+                log.warning("run %s could not commit offsets", self.run_id, exc_info=True)
+
+    async def _run_batch(self) -> None:
+        stream = self.request.stream
+        if not isinstance(stream, BoundedStream):
+            raise TypeError("batch runs read a bounded range")
+        await self._in_worker(self._prepare, False)
+        consumer, assigned = await self._consumer()
+        records: list[Record] = []
+        try:
+            by_partition = {tp.partition: tp for tp in assigned}
+            unknown = sorted(set(stream.partitions) - set(by_partition))
+            if unknown:
+                raise ValueError(f"partitions {unknown} do not exist in {stream.topic!r}")
+            wanted = [by_partition[p] for p in stream.partitions]
+            ends = await consumer.end_offsets(wanted)
+            begins = await consumer.beginning_offsets(wanted)
+            for tp in wanted:
+                window = stream.partitions[tp.partition]
+                if window.end > ends[tp] or window.start < begins[tp]:
+                    raise ValueError(
+                        f"partition {tp.partition}: range [{window.start}, {window.end}) is outside"
+                        f" the stored [{begins[tp]}, {ends[tp]})"
+                    )
+            consumer.assign([tp for tp in wanted if stream.partitions[tp.partition].end > 0])
+            remaining = {
+                tp: stream.partitions[tp.partition]
+                for tp in wanted
+                if stream.partitions[tp.partition].end > stream.partitions[tp.partition].start
+            }
+            for tp, window in remaining.items():
+                consumer.seek(tp, window.start)
+            self.progress.phase = "reading"
+            while remaining:
+                if self._stop.is_set():
+                    raise RunStopped()
+                batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=65_536)
+                for tp, batch in batches.items():
+                    end = remaining[tp].end if tp in remaining else 0
+                    records.extend(
+                        (r.partition, r.offset, r.key, r.value) for r in batch if r.offset < end
+                    )
+                    if batch and batch[-1].offset + 1 >= end:
+                        remaining.pop(tp, None)
+        finally:
+            await consumer.stop()
+        self.progress.phase = "training"
+        result = await self._in_worker(self._train_batch, records)
+        if self._dead:
+            await self._park_dead_letters()
+        await self._record_cycle(result)
+        self.services.metrics.events_trained.labels(self.spec_id).inc(result.events_trained)
+
+    def _train_batch(self, records: list[Record]) -> CycleResult:
+        """Time-order the range, hold out its newest share, train, judge."""
+        learner = self._require_learner()
+        decoded: list[tuple[str, int, int, Interaction]] = []
+        for partition, offset, key, value in records:
+            try:
+                interaction = decode_interaction(value or b"")
+            except ValueError as error:
+                self._dead.append(((partition, offset, key, value), str(error)))
+                learner.skip(partition, offset)
+                continue
+            if interaction is None:
+                learner.skip(partition, offset)
+            else:
+                decoded.append((interaction.timestamp, partition, offset, interaction))
+        decoded.sort(key=lambda entry: (entry[0], entry[1], entry[2]))
+        heldout_from = len(decoded) - int(len(decoded) * self.request.validation.rate)
+        for index, (_, partition, offset, interaction) in enumerate(decoded):
+            learner.observe(interaction, partition, offset, hold_out=index >= heldout_from)
+            if index % 8192 == 0:
+                learner.train_pending()
+        learner.train_pending(flush=True)
+        if self.request.epochs > 1:
+            learner.train_epochs(self.request.epochs - 1, seed=self.hp.seed)
+        # The range is what the version covers, even where it ended in non-interactions.
+        for partition, window in self.request.stream.partitions.items():  # type: ignore[union-attr]
+            learner.position[partition] = max(learner.position.get(partition, 0), window.end)
+        return self._cycle(True)

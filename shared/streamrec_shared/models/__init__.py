@@ -1,0 +1,1 @@
+"""Model artifacts as inference reads them: NumPy only, no TensorFlow."""

@@ -1,0 +1,72 @@
+"""Model specs: a model is declared as data (a family and its validated hyperparameters).
+
+Kafka-ML trains whatever Python a user uploads; that is remote code execution by design. Here a
+spec can only pick one of the families the trainer implements and set bounded numbers on it, so
+a spec from the REST API or the control topic can never run code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SpecId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ItemPoolingHyperparameters(_Strict):
+    """Next-item model whose user vector is pooled from the user's most recent items.
+
+    Because the user side is a function of recent items (not a per-user row), an event a user
+    just sent changes their recommendations as soon as the feature cache has it, and users never
+    seen in training are served from their first event on.
+    """
+
+    embedding_dim: int = Field(default=64, ge=4, le=512)
+    history_length: int = Field(
+        default=20, ge=1, le=200, description="Recent items pooled into the user vector."
+    )
+    learning_rate: float = Field(default=0.1, gt=0, le=10, description="Sparse Adagrad rate.")
+    batch_size: int = Field(default=1024, ge=16, le=65_536)
+    sampled_negatives: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description=(
+            "Uniformly sampled negatives shared by a mini-batch (plus the batch's own positives);"
+            " catalogues up to this size train with the exact full softmax."
+        ),
+    )
+    l2: float = Field(default=0.0, ge=0, le=1, description="L2 on the rows a step touches.")
+    initial_capacity: int = Field(
+        default=1024, ge=16, le=10_000_000, description="Item rows before the first doubling."
+    )
+    replay_buffer: int = Field(
+        default=100_000, ge=0, le=10_000_000, description="Reservoir of past examples."
+    )
+    replay_fraction: float = Field(
+        default=0.25, ge=0, lt=1, description="Share of each incremental step drawn from replay."
+    )
+    seed: int = Field(default=0, ge=0)
+
+
+class ItemPoolingSpec(_Strict):
+    family: Literal["item_pooling"] = "item_pooling"
+    hyperparameters: ItemPoolingHyperparameters = Field(default_factory=ItemPoolingHyperparameters)
+
+
+# New families join this union (discriminated by ``family``); nothing else may be trained.
+ModelSpec = ItemPoolingSpec
+FAMILIES: tuple[str, ...] = ("item_pooling",)
+
+
+class ModelSpecIn(_Strict):
+    """A spec as the REST API creates it."""
+
+    id: SpecId
+    description: str = Field(default="", max_length=1000)
+    spec: ModelSpec = Field(default_factory=ItemPoolingSpec)

@@ -1,0 +1,187 @@
+"""The trainer against a real broker: batch and follow runs, new items, restart from checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from streamrec_shared.artifacts import DirectoryArtifactStore
+from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
+from streamrec_shared.schemas.control import decode_control
+from streamrec_shared.settings import KafkaSettings, TopicSettings
+from trainer.config import TrainerSettings
+from trainer.main import create_app
+
+from tests.support.apps import serve
+from tests.support.kafka import read_topic
+from tests.support.streams import chain_events, produce
+
+pytestmark = pytest.mark.integration
+
+SMALL_MODEL = {
+    "family": "item_pooling",
+    "hyperparameters": {"embedding_dim": 16, "history_length": 5, "batch_size": 64,
+                        "learning_rate": 0.3, "initial_capacity": 16},
+}  # fmt: skip
+
+
+@pytest.fixture
+def trainer_settings(
+    kafka_settings: KafkaSettings, topic_settings: TopicSettings, tmp_path: Path, unique: str
+) -> TrainerSettings:
+    return TrainerSettings(
+        database_url=f"sqlite:///{tmp_path / 'registry.db'}",  # type: ignore[arg-type]
+        artifacts_dir=tmp_path / "artifacts",
+        control_group=f"trainer-{unique}",
+        kafka=kafka_settings,
+        topics=topic_settings,
+    )
+
+
+@pytest.fixture
+async def trainer(trainer_settings: TrainerSettings) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(create_app(trainer_settings)) as client:
+        yield client
+
+
+async def create_spec(client: httpx.AsyncClient, spec_id: str = "chain") -> None:
+    response = await client.post("/v1/specs", json={"id": spec_id, "spec": SMALL_MODEL})
+    assert response.status_code == 201, response.text
+
+
+async def wait_for(
+    client: httpx.AsyncClient, path: str, done: Any, timeout_s: float = 60.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    body: Any = None
+    while time.monotonic() < deadline:
+        response = await client.get(path)
+        if response.status_code == 200:
+            body = response.json()
+            if done(body):
+                return body  # type: ignore[no-any-return]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{path} never got there; last: {body}")
+
+
+def scorer_of(settings: TrainerSettings, version: dict[str, Any]) -> ItemPoolingScorer:
+    store = DirectoryArtifactStore(settings.artifacts_dir)
+    return ItemPoolingScorer(load_weights(store.open(version["artifact_uri"], version["digest"])))
+
+
+def top_items(scorer: ItemPoolingScorer, recent: list[str], k: int = 10) -> list[str]:
+    """The top ``k`` for a user with these recent items, which are excluded as seen."""
+    scores = scorer.scores(scorer.user_vectors(scorer.history_rows([recent])))[0]
+    ranked = [scorer.weights.item_ids[i] for i in scores.argsort()[::-1]]
+    return [item for item in ranked if item not in recent][:k]
+
+
+async def test_batch_run_trains_on_the_range_and_publishes(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    topics = trainer_settings.topics
+    await produce(trainer_settings.kafka, topics.events, chain_events(40, 25, 30))
+    await create_spec(trainer)
+
+    response = await trainer.post("/v1/specs/chain/runs", json={"mode": "batch", "epochs": 20})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    ranges = accepted["stream"]["partitions"]
+    assert sum(r["end"] - r["start"] for r in ranges.values()) == 40 * 25
+
+    run = await wait_for(
+        trainer,
+        f"/v1/runs/{accepted['run_id']}",
+        lambda b: b["run"]["status"] != "running" and b["run"]["status"] != "requested",
+    )
+    assert run["run"]["status"] == "succeeded", run
+    versions = (await trainer.get("/v1/specs/chain/versions")).json()
+    assert [v["version"] for v in versions] == [1]
+    version = versions[0]
+    assert version["trained_through"] == {p: r["end"] for p, r in ranges.items()}
+    assert version["metrics"]["events"] > 0
+
+    # The model learned the chain: after i3 comes i4.
+    scorer = scorer_of(trainer_settings, version)
+    assert "i4" in top_items(scorer, ["i3", "i2", "i1"], k=3)
+
+    control = [decode_control(r.value) for r in await read_topic(
+        trainer_settings.kafka, topics.control, expected=4)]  # fmt: skip
+    published = [m for m in control if m is not None and m.type == "model_published"]
+    assert len(published) == 1
+    assert published[0].digest == version["digest"]  # type: ignore[union-attr]
+    # A served file of the version is the stored one.
+    manifest = await trainer.get("/v1/specs/chain/versions/1/files/manifest.json")
+    assert manifest.status_code == 200
+    assert orjson.loads(manifest.content)["spec_id"] == "chain"
+
+
+async def test_follow_run_publishes_again_and_new_items_become_recommendable(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    topics = trainer_settings.topics
+    await create_spec(trainer)
+    response = await trainer.post(
+        "/v1/specs/chain/runs",
+        json={
+            "mode": "incremental",
+            "publish": {"every_s": 0.5, "every_events": 100_000},
+            "validation": {"rate": 0.1, "min_events": 5, "tolerance": 1.0},
+        },
+    )
+    assert response.status_code == 202, response.text
+    run_id = response.json()["run_id"]
+    await produce(trainer_settings.kafka, topics.events, chain_events(40, 20, 30))
+    first = await wait_for(
+        trainer, "/v1/specs/chain/versions/latest", lambda v: v["events_trained"] >= 700
+    )
+    assert "n0" not in scorer_of(trainer_settings, first).rows
+
+    # New items launch on the stream: a second chain n0 → n1 → ... that no version has seen.
+    later = chain_events(40, 60, 10, prefix="n")
+    await produce(trainer_settings.kafka, topics.events, later)
+    second = await wait_for(
+        trainer,
+        "/v1/specs/chain/versions/latest",
+        lambda v: v["version"] > first["version"] and v["events_trained"] >= 700 + 2000,
+    )
+    scorer = scorer_of(trainer_settings, second)
+    assert {f"n{i}" for i in range(10)} <= set(scorer.rows)
+    assert "n5" in top_items(scorer, ["n4", "n3", "n2"], k=5)
+
+    run = (await trainer.get(f"/v1/runs/{run_id}")).json()
+    assert run["run"]["status"] == "running"
+    assert run["live"]["phase"] == "following"
+    assert run["recent_steps"], "each publish cycle records a step"
+
+    stop = await trainer.post(f"/v1/runs/{run_id}/stop")
+    assert stop.status_code == 202
+    stopped = await wait_for(
+        trainer, f"/v1/runs/{run_id}", lambda b: b["run"]["status"] == "stopped"
+    )
+    assert stopped["run"]["trained_through"]
+
+
+async def test_spec_errors_are_clear(trainer: httpx.AsyncClient) -> None:
+    await create_spec(trainer)
+    again = await trainer.post("/v1/specs", json={"id": "chain", "spec": SMALL_MODEL})
+    assert again.status_code == 409
+    bad = await trainer.post(
+        "/v1/specs",
+        json={
+            "id": "x",
+            "spec": {"family": "item_pooling", "hyperparameters": {"embedding_dim": 1}},
+        },
+    )
+    assert bad.status_code == 422
+    assert "embedding_dim" in bad.text
+    code = await trainer.post("/v1/specs", json={"id": "y", "spec": {"family": "python_eval"}})
+    assert code.status_code == 422
+    missing = await trainer.post("/v1/specs/nope/runs", json={"mode": "batch"})
+    assert missing.status_code == 404
