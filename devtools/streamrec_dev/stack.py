@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import httpx
 from streamrec_shared.kafka import ensure_topics
 from streamrec_shared.settings import KafkaSettings, TopicSettings
 
@@ -71,6 +72,9 @@ class LocalStack:
             "STREAMREC_GATEWAY_INGEST_URL": f"http://127.0.0.1:{self.ports.ingest}",
             "STREAMREC_GATEWAY_TRAINER_URL": f"http://127.0.0.1:{self.ports.trainer}",
             "STREAMREC_GATEWAY_INFERENCE_URL": f"http://127.0.0.1:{self.ports.inference}",
+            "STREAMREC_TRAINER_DATABASE_URL": f"sqlite:///{self.run_dir / 'registry.db'}",
+            "STREAMREC_TRAINER_ARTIFACTS_DIR": str(self.run_dir / "artifacts"),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
         }
 
     @cached_property
@@ -113,6 +117,33 @@ class LocalStack:
         progress("topics: " + ", ".join(f"{name} ({state})" for name, state in topics.items()))
         for server in [*self.services(), *([self.demo] if demo else [])]:
             progress(f"{server.name}: {'started' if server.start() else 'already running'}")
+        if demo:
+            progress(f"training: {self.ensure_training()}")
+
+    def ensure_training(self) -> str:
+        """The demo's learning loop: spec ``default`` and an incremental run following ``events``.
+
+        Idempotent: an existing spec is kept, and a run already following is left alone.
+        """
+        trainer = self.service("trainer").url
+        with httpx.Client(base_url=trainer, timeout=30) as client:
+            created = client.post("/v1/specs", json={"id": DEMO_SPEC, "description": "demo"})
+            if created.status_code not in (201, 409):
+                return f"could not create spec: {created.status_code} {created.text}"
+            running = client.get("/v1/runs", params={"spec_id": DEMO_SPEC, "status": "running"})
+            if running.status_code == 200 and running.json():
+                return f"already running: run {running.json()[0]['run']['id']} follows events"
+            requested = client.post(
+                f"/v1/specs/{DEMO_SPEC}/runs",
+                json={
+                    "mode": "incremental",
+                    "publish": {"every_s": 5},
+                    "validation": {"rate": 0.2, "min_events": 50},
+                },
+            )
+            if requested.status_code != 202:
+                return f"could not request training: {requested.status_code} {requested.text}"
+            return f"run {requested.json()['run_id']} follows events (spec {DEMO_SPEC})"
 
     def down(self, progress: Callable[[str], None] = print) -> None:
         """Stop exactly what ``up`` started (by PID file), in reverse order."""
@@ -122,6 +153,9 @@ class LocalStack:
     def create_topics(self) -> dict[str, str]:
         kafka = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
         return asyncio.run(ensure_topics(kafka, TopicSettings()))
+
+
+DEMO_SPEC = "default"
 
 
 @dataclass

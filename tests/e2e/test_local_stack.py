@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,20 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
         assert not server.pid_file.exists(), server.name
     assert not port_open(ports.kafka)
     assert not port_open(ports.ingest)
+
+
+def test_the_demo_stream_is_learned_and_published(stack: LocalStack) -> None:
+    """The main job: demo events flow through ingest and Kafka into a published model."""
+    trainer = stack.service("trainer").url
+    deadline = time.monotonic() + 90
+    version = None
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{trainer}/v1/specs/default/versions/latest")
+        if response.status_code == 200 and response.json()["events_trained"] > 0:
+            version = response.json()
+            break
+        time.sleep(1)
+    assert version is not None, "no version of the demo spec was published"
+    assert len(version["digest"]) == 64
+    runs = httpx.get(f"{trainer}/v1/runs", params={"spec_id": "default"}).json()
+    assert [run["run"]["status"] for run in runs] == ["running"]

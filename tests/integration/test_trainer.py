@@ -185,3 +185,39 @@ async def test_spec_errors_are_clear(trainer: httpx.AsyncClient) -> None:
     assert code.status_code == 422
     missing = await trainer.post("/v1/specs/nope/runs", json={"mode": "batch"})
     assert missing.status_code == 404
+
+
+async def test_control_loop_dead_letters_garbage_ignores_unknown_types_and_keeps_going(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    from streamrec_shared.kafka import ResilientProducer
+    from streamrec_shared.schemas.control import TrainRequested
+
+    topics = trainer_settings.topics
+    unknown_type = orjson.dumps(
+        {"schema_version": 1, "message_id": "m1", "type": "from_the_future",
+         "emitted_at": "2026-01-01T00:00:00Z"}
+    )  # fmt: skip
+    for_unknown_spec = TrainRequested.model_validate(
+        {"spec_id": "nobody", "spec": SMALL_MODEL, "mode": "incremental",
+         "stream": {"kind": "follow", "topic": topics.events}}
+    )  # fmt: skip
+    producer = ResilientProducer(trainer_settings.kafka)
+    await producer.start(wait_s=10)
+    try:
+        for value in (b"{not json", unknown_type, for_unknown_spec.encode()):
+            await (await producer.send(topics.control, value, key=b"k"))
+    finally:
+        await producer.stop()
+
+    (parked,) = await read_topic(trainer_settings.kafka, topics.events_dlq, expected=1)
+    assert parked.value == b"{not json"
+    headers = dict(parked.headers)
+    assert headers["x-dlq-source"].decode().startswith(f"{topics.control}/0/")
+    assert headers["x-dlq-error"]
+
+    # The loop went on past the garbage and the unknown type: it refused the last request.
+    records = await read_topic(trainer_settings.kafka, topics.control, expected=4)
+    failed = [decode_control(r.value) for r in records[3:]]
+    assert [m.type for m in failed if m is not None] == ["training_failed"]
+    assert "nobody" in failed[0].error  # type: ignore[union-attr]

@@ -37,6 +37,10 @@ class TrainerSettings(BaseSettings):
     )
     checkpoints_kept: int = Field(default=3, ge=1, le=100)
     kafka_connect_wait_s: float = Field(default=5.0, ge=0, le=300)
+    batch_spec_id: str = Field(
+        default="default", description="Spec that `python -m trainer.batch` trains (Job runs)."
+    )
+    batch_epochs: int = Field(default=3, ge=1, le=100)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)

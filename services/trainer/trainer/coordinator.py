@@ -55,7 +55,8 @@ class Coordinator:
                     "unreadable request",
                 )
                 continue
-            self._launch(request)
+            if request.runner == "service":
+                self._launch(request)
         self._loop_task = asyncio.create_task(self._consume_forever(), name="control-loop")
 
     async def stop(self) -> None:
@@ -120,7 +121,8 @@ class Coordinator:
             self.services.metrics.dead_lettered.labels(topic).inc()
             return
         if isinstance(message, TrainRequested):
-            await self.submit(message)
+            if message.runner == "service":  # a job's run is its own process's
+                await self.submit(message)
         elif isinstance(message, StopRequested):
             run = self.runs.get(message.run_id)
             if run is not None:

@@ -141,6 +141,10 @@ class TrainRequested(_Message):
     publish: PublishPolicy = Field(default_factory=PublishPolicy)
     warm_start: bool = Field(default=True, description="Start from the latest published version.")
     epochs: int = Field(default=1, ge=1, le=100, description="Passes over a bounded batch.")
+    runner: Literal["service", "job"] = Field(
+        default="service",
+        description="Who runs it: the trainer service, or a one-off job that announced it.",
+    )
 
     @model_validator(mode="after")
     def _mode_matches_stream(self) -> TrainRequested:
