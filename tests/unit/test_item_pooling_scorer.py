@@ -1,0 +1,229 @@
+"""The NumPy side of the item-pooling model: artifact files and the scorer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pytest
+from streamrec_shared.models.item_pooling import (
+    FAMILY,
+    MANIFEST,
+    ItemPoolingScorer,
+    ItemPoolingWeights,
+    load_weights,
+    read_manifest,
+)
+
+ITEMS = ["a", "b", "c", "d", "e"]
+DIM = 3
+LENGTH = 4
+
+
+def make_weights(seed: int = 0, items: list[str] = ITEMS) -> ItemPoolingWeights:
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int) -> npt.NDArray[np.float32]:
+        return rng.normal(size=shape).astype(np.float32)
+
+    return ItemPoolingWeights(
+        item_ids=list(items),
+        item_in=normal(len(items), DIM),
+        item_out=normal(len(items), DIM),
+        item_bias=normal(len(items)),
+        position_logits=normal(LENGTH),
+        projection=normal(DIM, DIM),
+        projection_bias=normal(DIM),
+    )
+
+
+def rows(*histories: list[int]) -> npt.NDArray[np.int64]:
+    return np.asarray(histories, dtype=np.int64)
+
+
+@pytest.fixture
+def weights() -> ItemPoolingWeights:
+    return make_weights()
+
+
+@pytest.fixture
+def scorer(weights: ItemPoolingWeights) -> ItemPoolingScorer:
+    return ItemPoolingScorer(weights)
+
+
+# --- artifact files ------------------------------------------------------------------------
+
+
+def test_save_then_load_round_trips(tmp_path: Path, weights: ItemPoolingWeights) -> None:
+    weights.save(tmp_path, {"spec_id": "movies", "version": 3})
+    loaded = load_weights(tmp_path)
+    assert loaded.item_ids == ITEMS
+    for name in (
+        "item_in",
+        "item_out",
+        "item_bias",
+        "position_logits",
+        "projection",
+        "projection_bias",
+    ):
+        array = getattr(loaded, name)
+        assert array.dtype == np.float32
+        np.testing.assert_array_equal(array, getattr(weights, name))
+    assert loaded.history_length == LENGTH
+
+
+def test_manifest_has_the_callers_fields_and_the_format(
+    tmp_path: Path, weights: ItemPoolingWeights
+) -> None:
+    weights.save(tmp_path, {"spec_id": "movies", "family": "overridden?"})
+    manifest = read_manifest(tmp_path)
+    assert manifest == {
+        "spec_id": "movies",
+        "format": 1,
+        "family": FAMILY,
+        "item_count": 5,
+        "embedding_dim": DIM,
+        "history_length": LENGTH,
+    }
+
+
+@pytest.mark.parametrize(
+    "change", [{"family": "two_tower"}, {"format": 2}, {"family": None}], ids=str
+)
+def test_read_manifest_rejects_other_artifacts(
+    tmp_path: Path, weights: ItemPoolingWeights, change: dict[str, object]
+) -> None:
+    weights.save(tmp_path, {})
+    manifest = orjson.loads((tmp_path / MANIFEST).read_bytes())
+    (tmp_path / MANIFEST).write_bytes(orjson.dumps({**manifest, **change}))
+    with pytest.raises(ValueError, match=FAMILY):
+        read_manifest(tmp_path)
+    with pytest.raises(ValueError, match=FAMILY):
+        load_weights(tmp_path)
+
+
+def test_unicode_item_ids_survive(tmp_path: Path) -> None:
+    items = ["ü", "🙂", "a b", 'x"y', "5"]
+    make_weights(items=items).save(tmp_path, {})
+    assert load_weights(tmp_path).item_ids == items
+
+
+# --- history_rows --------------------------------------------------------------------------
+
+
+def test_history_rows_maps_ids_keeping_order(scorer: ItemPoolingScorer) -> None:
+    matrix = scorer.history_rows([["c", "a"], ["e", "d", "c", "b"], []])
+    assert matrix.dtype == np.int64
+    assert matrix.tolist() == [[2, 0, -1, -1], [4, 3, 2, 1], [-1, -1, -1, -1]]
+
+
+def test_history_rows_skips_unknown_items_and_compacts(scorer: ItemPoolingScorer) -> None:
+    assert scorer.history_rows([["zz", "b", "yy", "a"]]).tolist() == [[1, 0, -1, -1]]
+
+
+def test_history_rows_keeps_the_newest_items(scorer: ItemPoolingScorer) -> None:
+    matrix = scorer.history_rows([["a", "b", "zz", "c", "d", "e"]])
+    assert matrix.tolist() == [[0, 1, 2, 3]]
+
+
+def test_history_rows_of_no_users(scorer: ItemPoolingScorer) -> None:
+    assert scorer.history_rows([]).shape == (0, LENGTH)
+
+
+# --- user_vectors and scores ------------------------------------------------------------
+
+
+def test_empty_history_is_the_projection_bias(
+    scorer: ItemPoolingScorer, weights: ItemPoolingWeights
+) -> None:
+    vectors = scorer.user_vectors(rows([-1, -1, -1, -1]))
+    np.testing.assert_allclose(vectors, weights.projection_bias[None, :], rtol=1e-6)
+
+
+def test_a_single_item_is_its_projected_embedding(
+    scorer: ItemPoolingScorer, weights: ItemPoolingWeights
+) -> None:
+    vectors = scorer.user_vectors(rows([3, -1, -1, -1]))
+    expected = weights.item_in[3] @ weights.projection + weights.projection_bias
+    np.testing.assert_allclose(vectors[0], expected, rtol=1e-5)
+
+
+def expected_vector(weights: ItemPoolingWeights, history: list[int]) -> npt.NDArray[np.float32]:
+    """The user vector by the formula: softmax over the unmasked positions' logits."""
+    positions = [p for p, row in enumerate(history) if row >= 0]
+    attention = np.exp(weights.position_logits[positions])
+    attention /= attention.sum()
+    pooled = sum(a * weights.item_in[history[p]] for a, p in zip(attention, positions, strict=True))
+    return pooled @ weights.projection + weights.projection_bias  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "history", [[1, 2, -1, -1], [1, -1, 2, -1], [-1, -1, -1, 4]], ids=["tail", "hole", "last"]
+)
+def test_masked_positions_are_ignored(weights: ItemPoolingWeights, history: list[int]) -> None:
+    vectors = ItemPoolingScorer(weights).user_vectors(rows(history))
+    np.testing.assert_allclose(vectors[0], expected_vector(weights, history), rtol=1e-5)
+
+
+def test_pooling_is_a_softmax_over_positions_by_hand(weights: ItemPoolingWeights) -> None:
+    scorer = ItemPoolingScorer(weights)
+    history = [4, 0, 2, -1]
+    attention = np.exp(weights.position_logits[:3])
+    attention /= attention.sum()
+    pooled = sum(a * weights.item_in[r] for a, r in zip(attention, history[:3], strict=True))
+    expected = pooled @ weights.projection + weights.projection_bias
+    np.testing.assert_allclose(scorer.user_vectors(rows(history))[0], expected, rtol=1e-5)
+
+
+def test_masking_does_not_depend_on_row_zero(weights: ItemPoolingWeights) -> None:
+    changed = dataclasses.replace(weights, item_in=weights.item_in.copy())
+    changed.item_in[0] += 100.0  # the row a masked slot would gather
+    history = rows([3, 1, -1, -1])
+    np.testing.assert_allclose(
+        ItemPoolingScorer(changed).user_vectors(history),
+        ItemPoolingScorer(weights).user_vectors(history),
+        rtol=1e-6,
+    )
+
+
+def test_equal_position_logits_average_the_items(weights: ItemPoolingWeights) -> None:
+    flat = dataclasses.replace(weights, position_logits=np.zeros(LENGTH, np.float32))
+    vectors = ItemPoolingScorer(flat).user_vectors(rows([0, 1, -1, -1]))
+    pooled = (weights.item_in[0] + weights.item_in[1]) / 2
+    np.testing.assert_allclose(
+        vectors[0], pooled @ weights.projection + weights.projection_bias, rtol=1e-5
+    )
+
+
+def test_large_position_logits_do_not_overflow(weights: ItemPoolingWeights) -> None:
+    logits = np.array([1000, 0, -1000, 5], np.float32)
+    extreme = dataclasses.replace(weights, position_logits=logits)
+    vectors = ItemPoolingScorer(extreme).user_vectors(rows([2, 1, 0, 3]))
+    expected = weights.item_in[2] @ weights.projection + weights.projection_bias
+    np.testing.assert_allclose(vectors[0], expected, rtol=1e-5)
+
+
+def test_scores_shape_and_values_by_hand(
+    scorer: ItemPoolingScorer, weights: ItemPoolingWeights
+) -> None:
+    history = scorer.history_rows([["b"], [], ["e", "a"]])
+    vectors = scorer.user_vectors(history)
+    scores = scorer.scores(vectors)
+    assert vectors.shape == (3, DIM)
+    assert scores.shape == (3, len(ITEMS))
+    assert scores.dtype == np.float32
+    for user in range(3):
+        for item in range(len(ITEMS)):
+            expected = float(vectors[user] @ weights.item_out[item] + weights.item_bias[item])
+            assert scores[user, item] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # The user with no history gets the model's prior: projection_bias against every item.
+    prior = weights.item_out @ weights.projection_bias + weights.item_bias
+    np.testing.assert_allclose(scores[1], prior, rtol=1e-5)
+
+
+def test_item_count(scorer: ItemPoolingScorer) -> None:
+    assert scorer.item_count == len(ITEMS)
+    assert scorer.rows == {item: row for row, item in enumerate(ITEMS)}
