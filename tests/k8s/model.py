@@ -6,6 +6,7 @@ import base64
 import importlib
 import json
 import re
+import tomllib
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,24 @@ def find_generated(objects: list[Obj], kind: str, name: str) -> Obj | None:
 
 
 # ------------------------------------------------------------------------------------ settings
+
+# Variables a container may set although no settings class reads them: a library in the image
+# reads them (k8s/README.md, "Variables outside the settings"). Exact names, so that a typo still
+# fails the cross-check, each with the distribution that reads it, which the service must depend on.
+FOREIGN_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "tensorflow-cpu",  # TensorFlow's C++ log threshold
+    "TF_NUM_INTRAOP_THREADS": "tensorflow-cpu",  # process_util: the intra-op pool's size
+    "TF_NUM_INTEROP_THREADS": "tensorflow-cpu",  # and the inter-op pool's
+}
+
+
+def dependencies(service: str) -> set[str]:
+    """The distributions a service's pyproject.toml depends on (names only)."""
+    project = tomllib.loads((REPO / "services" / service / "pyproject.toml").read_text())
+    return {
+        re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+        for requirement in project["project"]["dependencies"]
+    }
 
 
 def settings_class(service: str) -> type[BaseSettings]:
@@ -177,6 +196,8 @@ def container_env(container: dict[str, Any], objects: list[Obj]) -> list[EnvSour
             sources.append(
                 EnvSource(entry["name"], cm["data"][ref["key"]], f"ConfigMap/{ref['name']}")
             )
+        elif "resourceFieldRef" in source:
+            sources.append(EnvSource(entry["name"], None, "resourceFieldRef"))
         else:
             sources.append(EnvSource(entry["name"], None, "fieldRef"))
     return sources

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import re
 from pathlib import Path
@@ -219,6 +220,39 @@ def test_graceful_shutdown_fits_in_the_termination_grace_period(objects: list[Ob
             command = model.exec_form(dockerfile.effective(dockerfile.stage(stage), "CMD") or "")
             graceful = int(model.option(command, "--timeout-graceful-shutdown"))
             assert pre_stop.get("seconds", 0) + graceful < grace, (workload.name, stage)
+
+
+def _trainer_checkpoint_budget_s() -> float:
+    """How long the trainer's shutdown waits for its runs to checkpoint: the ``timeout=`` of
+    ``Coordinator.stop`` in services/trainer/trainer/coordinator.py."""
+    tree = ast.parse((REPO / "services" / "trainer" / "trainer" / "coordinator.py").read_text())
+    stop = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef) and node.name == "stop"
+    )
+    budgets = [
+        keyword.value.value
+        for node in ast.walk(stop)
+        if isinstance(node, ast.Call)
+        for keyword in node.keywords
+        if keyword.arg == "timeout" and isinstance(keyword.value, ast.Constant)
+    ]
+    assert budgets, "Coordinator.stop has no literal timeout: update this test"
+    return float(max(budgets))
+
+
+def test_the_trainer_has_time_to_checkpoint_its_runs_on_sigterm(objects: list[Obj]) -> None:
+    """uvicorn first drains requests (--timeout-graceful-shutdown), then the lifespan's
+    shutdown checkpoints every run: the pod is not killed before both had their time."""
+    trainer = model.find(objects, "Deployment", "trainer")
+    grace = trainer["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    budget = _trainer_checkpoint_budget_s()
+    dockerfile = model.dockerfile("trainer")
+    for stage in ("dev", "runtime"):
+        command = model.exec_form(dockerfile.effective(dockerfile.stage(stage), "CMD") or "")
+        graceful = int(model.option(command, "--timeout-graceful-shutdown"))
+        assert graceful + budget <= grace, (stage, graceful, budget, grace)
 
 
 # ---------------------------------------------------------------------------------- .dockerignore

@@ -211,8 +211,17 @@ def test_dev_runs_one_replica_without_hpas_or_budgets(dev: list[Obj]) -> None:
 
 
 def test_trainer_is_one_writer_of_its_artifact_volume(objects: list[Obj]) -> None:
+    """One trainer pod, ever: two would both consume the control group and write the same
+    checkpoints (and the volume is ReadWriteOnce). No overlay scales it."""
     trainer = model.find(objects, "Deployment", "trainer")
+    assert trainer["spec"]["replicas"] == 1
     assert trainer["spec"]["strategy"]["type"] == "Recreate"
+    assert not [
+        o
+        for o in objects
+        if o["kind"] == "HorizontalPodAutoscaler"
+        and o["spec"]["scaleTargetRef"]["name"] == "trainer"
+    ]
     claims = {
         v["persistentVolumeClaim"]["claimName"]
         for w in model.workloads(objects)

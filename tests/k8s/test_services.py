@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import re
+from pathlib import PurePosixPath
+from typing import Any
 
 import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 from streamrec_shared.settings import KafkaSettings
 
 from tests.k8s import model
@@ -61,12 +66,19 @@ def test_prometheus_annotations_point_at_the_metrics_route(objects: list[Obj]) -
 def test_every_variable_a_manifest_sets_is_a_setting_the_service_reads(
     objects: list[Obj],
 ) -> None:
+    """Deployments and the batch Job template alike (every app container of every workload):
+    a name no settings class reads is a typo or a setting that does not exist (yet), except the
+    few that a library in the image reads (model.FOREIGN_ENV)."""
     checked = 0
     for workload, container, service in model.app_containers(objects):
         readable = model.env_names(model.settings_class(service))
         sources = model.container_env(container, objects)
         names = [s.name for s in sources]
-        unknown = sorted(set(names) - readable)
+        foreign = {n for n in names if n in model.FOREIGN_ENV}
+        for name in sorted(foreign):
+            reader = model.FOREIGN_ENV[name]
+            assert reader in model.dependencies(service), f"{workload.name}: {name} ({reader})"
+        unknown = sorted(set(names) - readable - foreign)
         assert not unknown, f"{workload.name}: {unknown} are read by no {service} setting"
         duplicated = sorted({n for n in names if names.count(n) > 1})
         assert not duplicated, f"{workload.name}: {duplicated} set twice (which one wins?)"
@@ -148,3 +160,112 @@ def test_the_cross_check_catches_an_unknown_variable(dev: list[Obj]) -> None:
     assert names - model.env_names(model.settings_class("ingest")) == {
         "STREAMREC_INGEST_MAX_BATCH_EVENT"
     }
+
+
+def test_the_cross_check_covers_the_batch_job_template(dev: list[Obj]) -> None:
+    config = next(
+        o
+        for o in dev
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("trainer-batch-settings")
+    )
+    config["data"]["STREAMREC_TRAINER_BATCH_SPEC"] = "default"  # not BATCH_SPEC_ID
+    _, container, _ = next(c for c in model.app_containers(dev) if c[0].name == "trainer-batch")
+    names = {s.name for s in model.container_env(container, dev)}
+    assert names - model.env_names(model.settings_class("trainer")) - set(model.FOREIGN_ENV) == {
+        "STREAMREC_TRAINER_BATCH_SPEC"
+    }
+
+
+# ------------------------------------------------------------------------------------- trainer
+
+ARTIFACTS_CLAIM = "trainer-artifacts"
+
+
+def _trainer_workloads(objects: list[Obj]) -> dict[str, tuple[model.Workload, dict[str, Any]]]:
+    found = {
+        w.name: (w, c) for w, c, service in model.app_containers(objects) if service == "trainer"
+    }
+    assert set(found) == {"trainer", "trainer-batch"}
+    return found
+
+
+def _trainer_settings(
+    container: dict[str, Any], objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    for name in list(os.environ):
+        if name.upper().startswith("STREAMREC_"):
+            monkeypatch.delenv(name)
+    for source in model.container_env(container, objects):
+        value = source.value if source.value is not None else f"from-{source.origin}"
+        monkeypatch.setenv(source.name, value)
+    return model.settings_class("trainer")()
+
+
+def test_trainer_and_batch_runs_share_the_registry_secret_and_the_artifact_volume(
+    objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both write the same registry and artifact store: the database URL comes from the Secret
+    (never the default SQLite file in the working directory), and the artifact directory is
+    where the artifact PVC is mounted (not the read-only root filesystem)."""
+    for name, (workload, container) in _trainer_workloads(objects).items():
+        (entry,) = [e for e in container["env"] if e["name"] == "STREAMREC_TRAINER_DATABASE_URL"]
+        ref = entry["valueFrom"]["secretKeyRef"]
+        # dev generates the Secret, so kustomize appends its content hash to the name.
+        assert re.fullmatch(r"streamrec-trainer-database(-[a-z0-9]{10})?", ref["name"]), name
+        assert ref["key"] == "url", name
+        settings = _trainer_settings(container, objects, monkeypatch)
+        assert not settings.database_url.get_secret_value().startswith("sqlite"), name
+        volumes = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in workload.pod_spec["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        mounts = {
+            PurePosixPath(m["mountPath"])
+            for m in container["volumeMounts"]
+            if volumes.get(m["name"]) == ARTIFACTS_CLAIM and not m.get("readOnly")
+        }
+        assert PurePosixPath(settings.artifacts_dir) in mounts, (name, settings.artifacts_dir)
+
+
+def test_tensorflow_thread_pools_follow_the_cpu_limit(objects: list[Obj]) -> None:
+    for name, (_, container) in _trainer_workloads(objects).items():
+        env = {e["name"]: e for e in container["env"]}
+        for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            ref = env[variable]["valueFrom"]["resourceFieldRef"]
+            assert ref["containerName"] == container["name"], (name, variable)
+            assert ref["resource"] == "limits.cpu", (name, variable)
+        assert "cpu" in container["resources"]["limits"], name
+
+
+def test_the_batch_job_runs_the_batch_entry_point_on_its_own_spec_setting(
+    objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workloads = _trainer_workloads(objects)
+    _, batch = workloads["trainer-batch"]
+    assert batch["command"] == ["python", "-m", "trainer.batch"]
+    assert callable(importlib.import_module("trainer.batch").main)
+    sources = {s.name: s for s in model.container_env(batch, objects)}
+    assert sources["STREAMREC_TRAINER_BATCH_SPEC_ID"].origin.startswith("ConfigMap/")
+    assert _trainer_settings(batch, objects, monkeypatch).batch_spec_id
+    # The follow-mode trainer reads no batch settings: setting them there would mislead.
+    _, follow = workloads["trainer"]
+    names = {s.name for s in model.container_env(follow, objects)}
+    assert not {n for n in names if n.startswith("STREAMREC_TRAINER_BATCH_")}
+
+
+def test_dev_registry_url_reaches_the_in_cluster_postgresql(dev: list[Obj]) -> None:
+    """The generated dev Secret is a URL the registry's engine accepts, with an installed
+    driver, pointing at the dev PostgreSQL Service's name and port."""
+    _, container = _trainer_workloads(dev)["trainer"]
+    (source,) = [
+        s for s in model.container_env(container, dev) if s.name == "STREAMREC_TRAINER_DATABASE_URL"
+    ]
+    assert source.value is not None
+    url = make_url(source.value)
+    assert url.get_backend_name() == "postgresql"
+    url.get_dialect().import_dbapi()  # the driver (psycopg 3) is installed
+    postgresql = model.find(dev, "Service", "postgresql")
+    assert url.host == postgresql["metadata"]["name"]
+    assert url.port in {p["port"] for p in postgresql["spec"]["ports"]}
+    assert url.database
