@@ -113,8 +113,13 @@ class DirectoryArtifactStore:
         if parsed.scheme != "file":
             raise ArtifactError(f"not a file artifact URI: {uri!r}")
         path = Path(unquote(parsed.path)).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        root = self.root.resolve()
+        if not path.is_relative_to(root):
             raise ArtifactError(f"artifact {uri!r} is outside the store")
+        # An artifact is <key...>/<digest>: never the root, a bare key folder or the staging area.
+        inside = path.relative_to(root).parts
+        if len(inside) < 2 or inside[0] == ".staging":
+            raise ArtifactError(f"{uri!r} is not an artifact of this store")
         return path
 
     def open(self, uri: str, digest: str) -> Path:

@@ -233,10 +233,6 @@ def test_delete_outside_the_store_is_refused(store: DirectoryArtifactStore, tmp_
     assert outside.is_dir()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: path_of accepts the store root itself, so delete(root URI) wipes every artifact",
-)
 def test_the_root_itself_is_not_an_artifact(store: DirectoryArtifactStore) -> None:
     stored = store.write("movies", fill(FILES))
     with pytest.raises(ArtifactError):

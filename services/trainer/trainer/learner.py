@@ -104,6 +104,12 @@ class Reservoir:
         self.weight[slots[keep]] = batch.weight[keep]
         self.offered += count
 
+    def rng_state(self) -> dict[str, Any]:
+        return dict(self._rng.bit_generator.state)
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
+
     def sample(self, count: int) -> Batch | None:
         if self.size == 0 or count <= 0:
             return None
@@ -129,7 +135,9 @@ class Learner:
         self.item_ids: list[str] = []
         self.item_rows: dict[str, int] = {}
         self.users: dict[str, UserState] = {}
-        self.replay = Reservoir(hyperparameters.replay_buffer, hyperparameters.history_length, 0)
+        self.replay = Reservoir(
+            hyperparameters.replay_buffer, hyperparameters.history_length, hyperparameters.seed
+        )
         self.pending = Examples()
         self.heldout = Examples()
         # Per partition, the first offset not yet observed.
@@ -192,7 +200,7 @@ class Learner:
         self.model.ensure_capacity(len(self.item_ids))
         while len(self.pending) >= fresh_per_step or (flush and len(self.pending)):
             fresh = self.pending.take(fresh_per_step)
-            replay = self.replay.sample(batch_size - len(fresh))
+            replay = self.replay.sample(batch_size - fresh_per_step)
             self.last_loss = self.model.train(_concat(fresh, replay), len(self.item_ids))
             self.replay.add(fresh)
             self.events_trained += len(fresh)
@@ -248,10 +256,12 @@ class Learner:
             )
         history = np.asarray(held.history[start:], dtype=np.int64)
         history = np.where(history >= 0, mapping[np.maximum(history, 0)], -1)
+        # Items the scorer does not know drop out and older ones move up, as in serving.
+        history = np.take_along_axis(history, np.argsort(history < 0, axis=1, kind="stable"), 1)
         targets = mapping[np.asarray(held.target[start:], dtype=np.int64)]
         excluded = [mapping[np.asarray(rows, dtype=np.int64)] for rows in held.seen[start:]]
         excluded = [rows[rows >= 0] for rows in excluded]
-        ranks = np.full(count, float(scorer.item_count), dtype=np.float64)
+        ranks = np.full(count, np.inf, dtype=np.float64)  # unknown targets: never a hit
         known = np.flatnonzero(targets >= 0)
         chunk = max(1, SCORE_CELLS_PER_CHUNK // max(1, scorer.item_count))
         for begin in range(0, len(known), chunk):
@@ -296,6 +306,9 @@ class Learner:
             "events_observed": self.events_observed,
             "events_trained": self.events_trained,
             "replay_offered": self.replay.offered,
+            # Random streams too, so a restored learner draws the same replay and negatives.
+            "replay_rng": _big_ints_as_text(self.replay.rng_state()),
+            "model_rng": _big_ints_as_text(self.model.rng_state()),
             "steps": self.model.steps,
         }
         (folder / STATE_META).write_bytes(orjson.dumps(meta))
@@ -332,6 +345,8 @@ class Learner:
         learner.replay.target[:size] = arrays["replay.target"]
         learner.replay.weight[:size] = arrays["replay.weight"]
         learner.replay.offered = int(meta["replay_offered"])
+        learner.replay.set_rng_state(_text_as_big_ints(meta["replay_rng"]))
+        learner.model.set_rng_state(_text_as_big_ints(meta["model_rng"]))
         learner.position = {int(p): int(o) for p, o in meta["position"].items()}
         learner.events_observed = int(meta["events_observed"])
         learner.events_trained = int(meta["events_trained"])
@@ -357,3 +372,21 @@ def _unragged(flat: Ints, lengths: Ints) -> list[list[int]]:
     ends = np.cumsum(lengths)
     values = flat.tolist()
     return [values[end - length : end] for end, length in zip(ends, lengths, strict=True)]
+
+
+def _big_ints_as_text(value: Any) -> Any:
+    """NumPy generator states hold 128-bit integers, which JSON encoders refuse: keep them as
+    ``{"int": "<digits>"}``."""
+    if isinstance(value, dict):
+        return {k: _big_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"int": str(value)}
+    return value
+
+
+def _text_as_big_ints(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"int"}:
+            return int(value["int"])
+        return {k: _text_as_big_ints(v) for k, v in value.items()}
+    return value

@@ -16,6 +16,7 @@ bytes for each of ``item_in``, ``item_out`` and their two Adagrad accumulators, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +89,12 @@ class ItemPoolingModel:
         shape = (count,) if dim is None else (count, dim)
         return np.full(shape, ADAGRAD_INITIAL_ACCUMULATOR, dtype=np.float32)
 
+    def rng_state(self) -> dict[str, Any]:
+        return dict(self._rng.bit_generator.state)
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
+
     def ensure_capacity(self, items: int) -> None:
         """Make room for ``items`` rows, doubling so growth costs O(log n) copies in total."""
         if items <= self.capacity:
@@ -143,7 +150,11 @@ class ItemPoolingModel:
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             loss = tf.reduce_sum(losses * weight) / tf.maximum(tf.reduce_sum(weight), 1e-12)
             if self.hp.l2 > 0:
-                penalty = tf.reduce_sum(tf.square(rows_in)) + tf.reduce_sum(tf.square(rows_out))
+                # Padding positions gather row 0: leave them out of the penalty.
+                real = tf.cast(history >= 0, tf.float32)[:, :, None]
+                penalty = tf.reduce_sum(tf.square(embedded) * real) + tf.reduce_sum(
+                    tf.square(rows_out)
+                )
                 loss += self.hp.l2 * penalty / tf.cast(batch, tf.float32)
         grads = tape.gradient(loss, [rows_in, rows_out, bias_out, *self.dense])
         rate = self.hp.learning_rate
@@ -168,6 +179,7 @@ class ItemPoolingModel:
     def export(self, item_ids: list[str]) -> ItemPoolingWeights:
         """The serving arrays for the first ``len(item_ids)`` rows."""
         count = len(item_ids)
+        self.ensure_capacity(count)
         return ItemPoolingWeights(
             item_ids=list(item_ids),
             item_in=self.item_in[:count].numpy(),

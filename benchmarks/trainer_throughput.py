@@ -1,0 +1,233 @@
+"""Training throughput of the incremental loop from Kafka, against in-memory tensors, in one run.
+
+Starts its own Kafka (KRaft) in a temporary folder, produces a synthetic clickstream (the
+drifting one from the demo: users with topical tastes, Zipf-popular items, new items launching)
+and measures, with the same model spec (the defaults: item pooling, dim 64, 20 recent items,
+batch 1024 with 25 % replay, sampled softmax over up to 4096 candidates):
+
+1. **tensors**: the model's sparse training step fed from NumPy arrays prepared in advance
+   (same examples, same replay mix): the ceiling of the TensorFlow step itself;
+2. **learner, in memory**: the same records, already fetched, through the learner (JSON decode,
+   vocabulary, user histories, example building, steps): the ceiling without Kafka;
+3. **from Kafka**: a real incremental ``TrainingRun`` following the topic (aiokafka fetches while
+   the worker thread decodes and trains), timed from its first to its last event.
+
+Prints events/s and the ratios to (1); writes ``benchmarks/results/trainer_throughput.json``.
+Run: ``make bench-trainer`` (or ``.venv/bin/python benchmarks/trainer_throughput.py --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+from streamrec_dev.servers import KafkaServer, free_port  # noqa: E402
+from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
+from streamrec_shared.artifacts import DirectoryArtifactStore  # noqa: E402
+from streamrec_shared.kafka import ResilientProducer, build_producer, ensure_topics  # noqa: E402
+from streamrec_shared.schemas.control import FollowStream, TrainRequested  # noqa: E402
+from streamrec_shared.schemas.events import EventIn, decode_interaction  # noqa: E402
+from streamrec_shared.schemas.models import ItemPoolingHyperparameters  # noqa: E402
+from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
+from trainer.checkpoints import Checkpoints  # noqa: E402
+from trainer.config import TrainerSettings  # noqa: E402
+from trainer.learner import Learner, Reservoir, _concat  # noqa: E402
+from trainer.metrics import TrainerMetrics  # noqa: E402
+from trainer.model.item_pooling import Batch, ItemPoolingModel  # noqa: E402
+from trainer.registry import Registry  # noqa: E402
+from trainer.runs import RunServices, TrainingRun  # noqa: E402
+
+
+def records(count: int) -> list[tuple[bytes, bytes]]:
+    stream = DriftingClickstream(users=5000, initial_items=1500, launched_items=182, events=count)
+    received = datetime.now(UTC)
+    out = []
+    for n, event in enumerate(stream):
+        value = EventIn(
+            user_id=event.user_id,
+            item_id=event.item_id,
+            type=event.type,  # type: ignore[arg-type]
+            timestamp=datetime.fromtimestamp(event.timestamp, UTC),
+        ).record_value(f"bench-{n}", received)
+        out.append((event.user_id.encode(), value))
+    return out
+
+
+def from_tensors(hp: ItemPoolingHyperparameters, values: list[bytes]) -> dict[str, float]:
+    """The TF step alone: examples prepared as arrays beforehand, same replay mix."""
+    prepare = Learner(hp)
+    for offset, value in enumerate(values):
+        interaction = decode_interaction(value)
+        if interaction is not None:
+            prepare.observe(interaction, 0, offset)
+    items = len(prepare.item_ids)
+    history = np.asarray(prepare.pending.history, dtype=np.int32)
+    target = np.asarray(prepare.pending.target, dtype=np.int32)
+    weight = np.asarray(prepare.pending.weight, dtype=np.float32)
+    model = ItemPoolingModel(hp)
+    model.ensure_capacity(items)
+    replay = Reservoir(hp.replay_buffer, hp.history_length, 0)
+    fresh_per_step = round(hp.batch_size * (1 - hp.replay_fraction))
+    warm = Batch(history[:fresh_per_step], target[:fresh_per_step], weight[:fresh_per_step])
+    model.train(warm, items)  # trace the step outside the timing
+    started = time.perf_counter()
+    for start in range(0, len(target), fresh_per_step):
+        fresh = Batch(
+            history[start : start + fresh_per_step],
+            target[start : start + fresh_per_step],
+            weight[start : start + fresh_per_step],
+        )
+        model.train(_concat(fresh, replay.sample(hp.batch_size - len(fresh))), items)
+        replay.add(fresh)
+    elapsed = time.perf_counter() - started
+    return {"events_per_s": len(target) / elapsed, "events": len(target), "seconds": elapsed}
+
+
+def learner_in_memory(hp: ItemPoolingHyperparameters, values: list[bytes]) -> dict[str, float]:
+    learner = Learner(hp)
+    learner.model.ensure_capacity(2048)
+    warm = Learner(hp)  # trace TF's step once, outside the timing
+    warm.model.train(Batch(np.full((8, hp.history_length), -1, np.int32),
+                           np.zeros(8, np.int32), np.ones(8, np.float32)), 1)  # fmt: skip
+    started = time.perf_counter()
+    chunk = 16_384
+    for begin in range(0, len(values), chunk):
+        for offset in range(begin, min(begin + chunk, len(values))):
+            interaction = decode_interaction(values[offset])
+            if interaction is None:
+                learner.skip(0, offset)
+            else:
+                learner.observe(interaction, 0, offset)
+        learner.train_pending()
+    learner.train_pending(flush=True)
+    elapsed = time.perf_counter() - started
+    return {"events_per_s": learner.events_trained / elapsed, "seconds": elapsed}
+
+
+async def from_kafka(
+    kafka: KafkaSettings, topics: TopicSettings, home: Path, count: int
+) -> dict[str, float]:
+    settings = TrainerSettings(
+        database_url=f"sqlite:///{home / 'registry.db'}",  # type: ignore[arg-type]
+        artifacts_dir=home / "artifacts",
+        kafka=kafka,
+        topics=topics,
+    )
+    registry = Registry(settings.database_url.get_secret_value())
+    registry.migrate()
+    registry.create_spec("bench", "item_pooling", ItemPoolingHyperparameters().model_dump())
+    producer = ResilientProducer(kafka)
+    await producer.start(wait_s=10)
+    store = DirectoryArtifactStore(settings.artifacts_dir)
+    services = RunServices(settings, registry, store, Checkpoints(store), producer,
+                           TrainerMetrics.on(CollectorRegistry()))  # fmt: skip
+    request = TrainRequested.model_validate(
+        {"spec_id": "bench", "spec": {"family": "item_pooling"}, "mode": "incremental",
+         "stream": FollowStream(topic=topics.events).model_dump(),
+         # No publish during the measurement: this is the learning loop's own speed.
+         "publish": {"every_s": 86_400, "every_events": 1_000_000_000}}
+    )  # fmt: skip
+    registry.create_run(request.run_id, "bench", "incremental", request.model_dump(mode="json"),
+                        {}, None)  # fmt: skip
+    run = TrainingRun(services, request)
+    task = asyncio.create_task(run.run())
+    first: float | None = None
+    try:
+        while run.progress.events_observed < count:
+            if task.done():
+                raise RuntimeError(f"run ended early: {task.result()}")
+            if first is None and run.progress.events_observed > 0:
+                first = time.perf_counter()
+                first_count = run.progress.events_observed
+            await asyncio.sleep(0.01)
+        done = time.perf_counter()
+        trained = run.progress.events_trained
+    finally:
+        run.request_stop(final=False)
+        await task
+        await producer.stop()
+        registry.close()
+    assert first is not None
+    measured = count - first_count
+    return {"events_per_s": measured / (done - first), "seconds": done - first,
+            "events_trained_at_end": trained}  # fmt: skip
+
+
+async def produce_all(
+    kafka: KafkaSettings, topic: str, payloads: list[tuple[bytes, bytes]]
+) -> None:
+    producer = build_producer(kafka)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in payloads]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "trainer_throughput.json"
+    )
+    options = parser.parse_args()
+    hp = ItemPoolingHyperparameters()
+    payloads = records(options.events)
+    values = [v for _, v in payloads]
+    with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
+        home = Path(tmp)
+        kafka_server = KafkaServer(
+            name="kafka", home=home / "kafka", port=free_port(), controller_port=free_port()
+        )
+        kafka_server.start(timeout=90)
+        try:
+            kafka = KafkaSettings(bootstrap_servers=kafka_server.bootstrap)
+            topics = TopicSettings(events="bench-events")
+            asyncio.run(ensure_topics(kafka, topics))
+            asyncio.run(produce_all(kafka, topics.events, payloads))
+            print(f"produced {len(payloads):,} events to {topics.events}")
+            tensors = from_tensors(hp, values)
+            print(f"tensors:            {tensors['events_per_s']:>10,.0f} events/s")
+            memory = learner_in_memory(hp, values)
+            print(f"learner, in memory: {memory['events_per_s']:>10,.0f} events/s")
+            kafka_run = asyncio.run(from_kafka(kafka, topics, home, len(payloads)))
+            print(f"from Kafka:         {kafka_run['events_per_s']:>10,.0f} events/s")
+        finally:
+            kafka_server.stop()
+    results = {
+        "measured_at": datetime.now(UTC).isoformat(),
+        "events": len(payloads),
+        "hyperparameters": hp.model_dump(),
+        "tensors": tensors,
+        "learner_in_memory": memory,
+        "from_kafka": kafka_run,
+        "ratios": {
+            "kafka_vs_tensors": kafka_run["events_per_s"] / tensors["events_per_s"],
+            "kafka_vs_learner_in_memory": kafka_run["events_per_s"] / memory["events_per_s"],
+            "learner_in_memory_vs_tensors": memory["events_per_s"] / tensors["events_per_s"],
+        },
+        "targets": {"kafka_events_per_s": 50_000, "kafka_vs_tensors": 0.7},
+    }
+    for name, value in results["ratios"].items():  # type: ignore[attr-defined]
+        print(f"{name}: {value:.2f}")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {options.out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
