@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from streamrec_dev.servers import PostgresServer
 from streamrec_shared.artifacts import DirectoryArtifactStore
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
 from streamrec_shared.schemas.control import decode_control
@@ -32,11 +33,24 @@ SMALL_MODEL = {
 
 
 @pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> str:
+    """SQLite unless a test asks for ``postgresql`` (indirect parametrization)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database(f"trainer_{unique}")
+
+
+@pytest.fixture
 def trainer_settings(
-    kafka_settings: KafkaSettings, topic_settings: TopicSettings, tmp_path: Path, unique: str
+    kafka_settings: KafkaSettings,
+    topic_settings: TopicSettings,
+    tmp_path: Path,
+    unique: str,
+    database_url: str,
 ) -> TrainerSettings:
     return TrainerSettings(
-        database_url=f"sqlite:///{tmp_path / 'registry.db'}",  # type: ignore[arg-type]
+        database_url=database_url,  # type: ignore[arg-type]
         artifacts_dir=tmp_path / "artifacts",
         control_group=f"trainer-{unique}",
         kafka=kafka_settings,
@@ -82,9 +96,11 @@ def top_items(scorer: ItemPoolingScorer, recent: list[str], k: int = 10) -> list
     return [item for item in ranked if item not in recent][:k]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=["database_url"])
 async def test_batch_run_trains_on_the_range_and_publishes(
     trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
 ) -> None:
+    """The same trainer code over both registry backends."""
     topics = trainer_settings.topics
     await produce(trainer_settings.kafka, topics.events, chain_events(40, 25, 30))
     await create_spec(trainer)
