@@ -36,13 +36,11 @@ import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from streamrec_dev.servers import KafkaServer, free_port  # noqa: E402
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
-from streamrec_shared.artifacts import DirectoryArtifactStore  # noqa: E402
 from streamrec_shared.kafka import ResilientProducer, build_producer, ensure_topics  # noqa: E402
 from streamrec_shared.schemas.control import FollowStream, TrainRequested  # noqa: E402
 from streamrec_shared.schemas.events import EventIn, decode_interaction  # noqa: E402
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters  # noqa: E402
 from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
-from trainer.checkpoints import Checkpoints  # noqa: E402
 from trainer.config import TrainerSettings  # noqa: E402
 from trainer.learner import Learner, Reservoir, _concat  # noqa: E402
 from trainer.metrics import TrainerMetrics  # noqa: E402
@@ -131,9 +129,9 @@ async def from_kafka(
     registry.create_spec("bench", "item_pooling", ItemPoolingHyperparameters().model_dump())
     producer = ResilientProducer(kafka)
     await producer.start(wait_s=10)
-    store = DirectoryArtifactStore(settings.artifacts_dir)
-    services = RunServices(settings, registry, store, Checkpoints(store), producer,
-                           TrainerMetrics.on(CollectorRegistry()))  # fmt: skip
+    services = RunServices.build(
+        settings, registry, producer, TrainerMetrics.on(CollectorRegistry())
+    )
     request = TrainRequested.model_validate(
         {"spec_id": "bench", "spec": {"family": "item_pooling"}, "mode": "incremental",
          "stream": FollowStream(topic=topics.events).model_dump(),

@@ -18,7 +18,6 @@ import logging
 import sys
 
 from prometheus_client import CollectorRegistry
-from streamrec_shared.artifacts import DirectoryArtifactStore
 from streamrec_shared.kafka import ResilientProducer, partition_bounds
 from streamrec_shared.observability import configure_logging
 from streamrec_shared.schemas.control import (
@@ -29,7 +28,6 @@ from streamrec_shared.schemas.control import (
 )
 from streamrec_shared.schemas.models import ModelSpec
 
-from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
 from trainer.metrics import TrainerMetrics
 from trainer.registry import Registry, RunStatus
@@ -77,15 +75,8 @@ async def run_batch(settings: TrainerSettings, spec_id: str, epochs: int) -> Run
             settings.topics.control, request.encode(), key=request.subject_key()
         )
         await future
-        store = DirectoryArtifactStore(settings.artifacts_dir)
-        services = RunServices(
-            settings=settings,
-            registry=registry,
-            store=store,
-            checkpoints=Checkpoints(store, settings.checkpoints_kept),
-            producer=producer,
-            metrics=TrainerMetrics.on(CollectorRegistry()),
-        )
+        metrics = TrainerMetrics.on(CollectorRegistry())
+        services = RunServices.build(settings, registry, producer, metrics)
         status = await TrainingRun(services, request).run()
         log.info("batch run %s finished: %s", request.run_id, status)
         return status or RunStatus.FAILED

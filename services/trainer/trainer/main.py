@@ -13,12 +13,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from streamrec_shared.app import service_app
-from streamrec_shared.artifacts import DirectoryArtifactStore
 from streamrec_shared.http import Probe
 from streamrec_shared.kafka import ResilientProducer
 
 from trainer.api import router
-from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
 from trainer.coordinator import Coordinator
 from trainer.metrics import TrainerMetrics
@@ -34,17 +32,9 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry(settings.database_url.get_secret_value())
         await asyncio.to_thread(registry.migrate)
-        store = DirectoryArtifactStore(settings.artifacts_dir)
         producer = ResilientProducer(settings.kafka)
         await producer.start(wait_s=settings.kafka_connect_wait_s)
-        services = RunServices(
-            settings=settings,
-            registry=registry,
-            store=store,
-            checkpoints=Checkpoints(store, settings.checkpoints_kept),
-            producer=producer,
-            metrics=metrics,
-        )
+        services = RunServices.build(settings, registry, producer, metrics)
         coordinator = Coordinator(services)
         await coordinator.start()
         app.state.trainer = TrainerState(settings, services, coordinator)

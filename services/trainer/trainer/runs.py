@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +74,18 @@ class RunServices:
     checkpoints: Checkpoints
     producer: ResilientProducer
     metrics: TrainerMetrics
+
+    @classmethod
+    def build(
+        cls,
+        settings: TrainerSettings,
+        registry: Registry,
+        producer: ResilientProducer,
+        metrics: TrainerMetrics,
+    ) -> RunServices:
+        store = DirectoryArtifactStore(settings.artifacts_dir)
+        checkpoints = Checkpoints(store, settings.checkpoints_kept)
+        return cls(settings, registry, store, checkpoints, producer, metrics)
 
 
 @dataclass
@@ -242,7 +254,9 @@ class TrainingRun:
 
     # --- the worker's share --------------------------------------------------------------
 
-    def _learn(self, records: list[Record], hold_out: Callable[[Interaction], bool]) -> None:
+    def _interactions(self, records: list[Record]) -> Iterator[tuple[int, int, Interaction]]:
+        """The records that are interactions; the others are skipped (and garbage is queued
+        for the dead-letter topic), so the learner's positions move past every record."""
         learner = self._require_learner()
         for partition, offset, key, value in records:
             try:
@@ -254,7 +268,12 @@ class TrainingRun:
             if interaction is None:
                 learner.skip(partition, offset)
             else:
-                learner.observe(interaction, partition, offset, hold_out(interaction))
+                yield partition, offset, interaction
+
+    def _learn(self, records: list[Record], hold_out: Callable[[Interaction], bool]) -> None:
+        learner = self._require_learner()
+        for partition, offset, interaction in self._interactions(records):
+            learner.observe(interaction, partition, offset, hold_out(interaction))
         learner.train_pending()
         self._update_progress()
 
@@ -617,18 +636,10 @@ class TrainingRun:
     def _train_batch(self, records: list[Record]) -> CycleResult:
         """Time-order the range, hold out its newest share, train, judge."""
         learner = self._require_learner()
-        decoded: list[tuple[str, int, int, Interaction]] = []
-        for partition, offset, key, value in records:
-            try:
-                interaction = decode_interaction(value or b"")
-            except ValueError as error:
-                self._dead.append(((partition, offset, key, value), str(error)))
-                learner.skip(partition, offset)
-                continue
-            if interaction is None:
-                learner.skip(partition, offset)
-            else:
-                decoded.append((interaction.timestamp, partition, offset, interaction))
+        decoded = [
+            (interaction.timestamp, partition, offset, interaction)
+            for partition, offset, interaction in self._interactions(records)
+        ]
         decoded.sort(key=lambda entry: (entry[0], entry[1], entry[2]))
         heldout_from = len(decoded) - int(len(decoded) * self.request.validation.rate)
         for index, (_, partition, offset, interaction) in enumerate(decoded):

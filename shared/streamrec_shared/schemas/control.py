@@ -230,18 +230,17 @@ ControlMessage = Annotated[
     | DeploymentChanged,
     Field(discriminator="type"),
 ]
-CONTROL_TYPES = frozenset(
-    {
-        "train_requested",
-        "stop_requested",
-        "training_started",
-        "model_published",
-        "candidate_rejected",
-        "training_failed",
-        "training_finished",
-        "deployment_changed",
-    }
+_MESSAGE_CLASSES: tuple[type[_Message], ...] = (
+    TrainRequested,
+    StopRequested,
+    TrainingStarted,
+    ModelPublished,
+    CandidateRejected,
+    TrainingFailed,
+    TrainingFinished,
+    DeploymentChanged,
 )
+CONTROL_TYPES = frozenset(str(cls.model_fields["type"].default) for cls in _MESSAGE_CLASSES)
 _control_adapter: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)
 
 
