@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest clean
+.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-freshness clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ k8s-check: setup ## Render every kustomize overlay and schema-check it (part of 
 
 bench-ingest: setup ## Ingest throughput vs the raw aiokafka producer (real broker)
 	@$(PY) benchmarks/ingest_throughput.py
+
+bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
+	@$(PY) benchmarks/model_freshness.py
 
 clean: down ## Stop the stack and remove run data (.run/)
 	@rm -rf .run
