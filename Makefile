@@ -3,10 +3,10 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-freshness clean
+.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 setup: ## Install everything (uv, .venv from uv.lock, Kafka jars, redis-server, postgresql)
 	@scripts/bootstrap.sh
@@ -37,6 +37,9 @@ k8s-check: setup ## Render every kustomize overlay and schema-check it (part of 
 
 bench-ingest: setup ## Ingest throughput vs the raw aiokafka producer (real broker)
 	@$(PY) benchmarks/ingest_throughput.py
+
+bench-trainer: setup ## Trainer throughput from Kafka vs in-memory tensors (real broker)
+	@$(PY) benchmarks/trainer_throughput.py
 
 bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
 	@$(PY) benchmarks/model_freshness.py
