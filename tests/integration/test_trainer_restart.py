@@ -7,17 +7,16 @@ every event exactly once over its lifetime: none lost, none counted twice.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from streamrec_dev.servers import ServiceServer, free_port
+from streamrec_dev.servers import ServiceServer
 from streamrec_shared.settings import KafkaSettings, TopicSettings
 
 from tests.support.streams import chain_events, produce
+from tests.support.trainer import poll, trainer_server
 
 pytestmark = pytest.mark.integration
 
@@ -34,40 +33,9 @@ SPEC = {
 def trainer_process(
     kafka_settings: KafkaSettings, topic_settings: TopicSettings, tmp_path: Path, unique: str
 ) -> Iterator[ServiceServer]:
-    env = {
-        "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        **{
-            f"STREAMREC_TOPIC_{name.upper()}": str(value)
-            for name, value in topic_settings.model_dump().items()
-        },
-        "STREAMREC_TRAINER_DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
-        "STREAMREC_TRAINER_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-        "STREAMREC_TRAINER_CONTROL_GROUP": f"trainer-{unique}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    server = ServiceServer(
-        name="trainer",
-        home=tmp_path / "trainer",
-        port=free_port(),
-        app_factory="trainer.main:create_app",
-        env=env,
-    )
+    server = trainer_server(tmp_path / "trainer", kafka_settings, topic_settings, unique)
     yield server
     server.kill()
-
-
-async def poll(client: httpx.AsyncClient, path: str, done: Any, timeout_s: float = 90) -> Any:
-    deadline = time.monotonic() + timeout_s
-    body = None
-    while time.monotonic() < deadline:
-        try:
-            response = await client.get(path)
-            if response.status_code == 200 and done(body := response.json()):
-                return body
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{path}: last {body}")
 
 
 async def test_killed_trainer_resumes_from_its_checkpoint(

@@ -14,7 +14,13 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def chain_events(
-    users: int, steps: int, items: int, prefix: str = "i", start_time: datetime = START
+    users: int,
+    steps: int,
+    items: int,
+    prefix: str = "i",
+    start_time: datetime = START,
+    start_index: int = 0,
+    user_prefix: str = "u",
 ) -> list[EventIn]:
     """Each user walks a chain: after item k comes item k+1 (mod ``items``).
 
@@ -24,10 +30,10 @@ def chain_events(
     events = []
     for step in range(steps):
         for user in range(users):
-            item = (user * 7 + step) % items
+            item = (user * 7 + step + start_index) % items
             events.append(
                 EventIn(
-                    user_id=f"u{user}",
+                    user_id=f"{user_prefix}{user}",
                     item_id=f"{prefix}{item}",
                     type=EventType.CLICK,
                     timestamp=start_time + timedelta(seconds=step * users + user),

@@ -14,6 +14,7 @@ reach the next version.
 from __future__ import annotations
 
 import io
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -139,6 +140,8 @@ class Learner:
             hyperparameters.replay_buffer, hyperparameters.history_length, hyperparameters.seed
         )
         self.pending = Examples()
+        # One thread may observe (append to pending) while another trains (takes from it).
+        self._pending_lock = threading.Lock()
         self.heldout = Examples()
         # Per partition, the first offset not yet observed.
         self.position: dict[int, int] = {}
@@ -172,12 +175,16 @@ class Learner:
         history = list(reversed(state.recent))
         history.extend([-1] * (self.hp.history_length - len(history)))
         repeat = row in state.seen
-        target = self.heldout if hold_out and not repeat else self.pending
-        target.history.append(history)
-        target.target.append(row)
-        target.weight.append(interaction.weight)
-        if target is self.heldout:
+        if hold_out and not repeat:
+            self.heldout.history.append(history)
+            self.heldout.target.append(row)
+            self.heldout.weight.append(interaction.weight)
             self.heldout.seen.append(list(state.seen))
+        else:
+            with self._pending_lock:
+                self.pending.history.append(history)
+                self.pending.target.append(row)
+                self.pending.weight.append(interaction.weight)
         state.recent.append(row)
         if not repeat:
             state.seen[row] = None
@@ -193,15 +200,23 @@ class Learner:
     # --- training ------------------------------------------------------------------------
 
     def train_pending(self, flush: bool = False) -> int:
-        """Train full mini-batches of pending examples (all of them if ``flush``)."""
+        """Train full mini-batches of pending examples (all of them if ``flush``).
+
+        Safe to run in one thread while another observes: batches are taken under the lock,
+        and the tables are grown after taking a batch, when every row it names exists.
+        """
         batch_size = self.hp.batch_size
         fresh_per_step = max(1, round(batch_size * (1 - self.hp.replay_fraction)))
         steps = 0
-        self.model.ensure_capacity(len(self.item_ids))
-        while len(self.pending) >= fresh_per_step or (flush and len(self.pending)):
-            fresh = self.pending.take(fresh_per_step)
+        while True:
+            with self._pending_lock:
+                if not (len(self.pending) >= fresh_per_step or (flush and len(self.pending))):
+                    break
+                fresh = self.pending.take(fresh_per_step)
+            items = len(self.item_ids)
+            self.model.ensure_capacity(items)
             replay = self.replay.sample(batch_size - fresh_per_step)
-            self.last_loss = self.model.train(_concat(fresh, replay), len(self.item_ids))
+            self.last_loss = self.model.train(_concat(fresh, replay), items)
             self.replay.add(fresh)
             self.events_trained += len(fresh)
             steps += 1
@@ -227,7 +242,8 @@ class Learner:
 
     def release_heldout(self) -> None:
         """After a publish decision the held-out sample becomes ordinary training data."""
-        self.pending.extend(self.heldout)
+        with self._pending_lock:
+            self.pending.extend(self.heldout)
         self.heldout.clear()
 
     # --- judging -------------------------------------------------------------------------
@@ -273,7 +289,8 @@ class Learner:
     # --- snapshots -----------------------------------------------------------------------
 
     def save(self, folder: Path, extra: dict[str, Any]) -> None:
-        """Everything needed to continue exactly where this learner is."""
+        """Everything needed to continue exactly where this learner is (call it while no
+        other thread observes)."""
         arrays: dict[str, npt.NDArray[Any]] = {
             f"model.{k}": v for k, v in self.model.state(len(self.item_ids)).items()
         }

@@ -136,7 +136,9 @@ class TrainingRun:
         self.progress = Progress()
         self._stop = asyncio.Event()
         self._final_stop = False
+        # TensorFlow steps in one thread, example building in another, so that they overlap.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"run-{self.run_id[:8]}")
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix=f"prep-{self.run_id[:8]}")
         self._learner: Learner | None = None
         self._baseline: Baseline | None = None
         self._random = random.Random(f"{self.run_id}:holdout")  # noqa: S311 - sampling
@@ -154,6 +156,9 @@ class TrainingRun:
 
     async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _in_prep(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._prep, function, *args)
 
     async def _registry(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(function, *args, **kwargs)
@@ -182,6 +187,7 @@ class TrainingRun:
             return RunStatus.FAILED
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._prep.shutdown(wait=False, cancel_futures=True)
         await self._finish(status, None)
         return status
 
@@ -270,11 +276,15 @@ class TrainingRun:
             else:
                 yield partition, offset, interaction
 
-    def _learn(self, records: list[Record], hold_out: Callable[[Interaction], bool]) -> None:
+    def _observe(self, records: list[Record], hold_out: Callable[[Interaction], bool]) -> None:
+        """Prep thread: decode and build examples (they train on the next round)."""
         learner = self._require_learner()
         for partition, offset, interaction in self._interactions(records):
             learner.observe(interaction, partition, offset, hold_out(interaction))
-        learner.train_pending()
+
+    def _train(self) -> None:
+        """Training thread: every full mini-batch flushed so far."""
+        self._require_learner().train_pending()
         self._update_progress()
 
     def _update_progress(self) -> None:
@@ -525,14 +535,20 @@ class TrainingRun:
                     await self._close_follow(consumer, assigned)
                     raise RunStopped()
                 records = await self._fetch(consumer, self.services.settings.fetch_max_records)
+                before = learner.events_trained
                 if records:
-                    before = learner.events_trained
-                    await self._in_worker(self._learn, records, self._holdout_sampler(rate))
-                    self.services.metrics.events_trained.labels(self.spec_id).inc(
-                        learner.events_trained - before
+                    # Build this fetch's examples while the previous ones train.
+                    await asyncio.gather(
+                        self._in_prep(self._observe, records, self._holdout_sampler(rate)),
+                        self._in_worker(self._train),
                     )
-                    if self._dead:
-                        await self._park_dead_letters()
+                elif len(learner.pending):
+                    await self._in_worker(self._train)
+                self.services.metrics.events_trained.labels(self.spec_id).inc(
+                    learner.events_trained - before
+                )
+                if self._dead:
+                    await self._park_dead_letters()
                 new_events = learner.events_observed - observed_then
                 due = new_events >= policy.every_events or (
                     new_events > 0 and time.monotonic() - last_cycle >= policy.every_s
