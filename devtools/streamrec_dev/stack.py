@@ -74,6 +74,11 @@ class LocalStack:
             "STREAMREC_GATEWAY_INFERENCE_URL": f"http://127.0.0.1:{self.ports.inference}",
             "STREAMREC_TRAINER_DATABASE_URL": f"sqlite:///{self.run_dir / 'registry.db'}",
             "STREAMREC_TRAINER_ARTIFACTS_DIR": str(self.run_dir / "artifacts"),
+            # Locally inference reads the trainer's store directly (verifying digests).
+            "STREAMREC_INFERENCE_TRAINER_URL": f"http://127.0.0.1:{self.ports.trainer}",
+            "STREAMREC_INFERENCE_ARTIFACTS_DIR": str(self.run_dir / "artifacts"),
+            "STREAMREC_INFERENCE_ARTIFACT_CACHE_DIR": str(self.run_dir / "model-cache"),
+            "STREAMREC_INFERENCE_SPEC_ID": DEMO_SPEC,
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
 

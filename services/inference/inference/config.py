@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from streamrec_shared.settings import KafkaSettings, LogSettings, RedisSettings, TopicSettings
@@ -11,6 +13,43 @@ class InferenceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_INFERENCE_", extra="ignore")
 
     port: int = Field(default=8003, ge=1, le=65535, description="Port the container listens on.")
+
+    # --- the model ------------------------------------------------------------------------
+    spec_id: str = Field(default="default", description="The model spec this service serves.")
+    model_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pin one version (a canary Deployment); unset follows every new version.",
+    )
+    trainer_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description="The registry: version records (digests) and artifact files over HTTP.",
+    )
+    artifacts_dir: Path | None = Field(
+        default=None,
+        description="The trainer's artifact store, when mounted here; else files come over HTTP.",
+    )
+    artifact_cache_dir: Path = Field(
+        default=Path("model-cache"), description="Where downloaded artifacts are kept."
+    )
+
+    # --- serving --------------------------------------------------------------------------
+    default_k: int = Field(default=10, ge=1, le=1000)
+    max_k: int = Field(default=100, ge=1, le=1000)
+    feature_timeout_s: float = Field(
+        default=0.02, gt=0, le=5, description="Budget for the Redis feature read of a request."
+    )
+
+    # --- features (Redis) -----------------------------------------------------------------
+    run_feature_updater: bool = Field(
+        default=True, description="Run the feature updater in this process (else its own)."
+    )
+    features_group: str = Field(default="streamrec-inference-features")
+    recent_items: int = Field(default=50, ge=1, le=1000, description="Recent items per user.")
+    max_seen_items: int = Field(default=1000, ge=1, le=100_000)
+    popularity_half_life_s: float = Field(default=86_400.0, gt=0)
+    trending_half_life_s: float = Field(default=3_600.0, gt=0)
+    features_fetch_max_records: int = Field(default=5000, ge=1, le=100_000)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)

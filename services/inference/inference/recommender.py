@@ -1,0 +1,192 @@
+"""Top-K for a user: fresh features + the served model, with a fallback chain that never 500s.
+
+1. model and the user's recent items from Redis → personalised scores (seen items excluded);
+2. no model yet, or a user with no history → Redis popularity (decayed), trending when asked;
+3. Redis down or slower than ``feature_timeout_s`` → the model's own prior (its user vector for
+   an empty history) without fresh features, else the popularity list kept in memory.
+
+Every answer says which path it took (``fallback``), and a metric counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import RedisError
+
+from inference.catalog import ItemCatalog
+from inference.models import ModelHolder, ServedModel
+
+log = logging.getLogger(__name__)
+
+
+class UserFeaturesLike(Protocol):
+    recent: list[str]
+    seen: list[str]
+
+
+class FeatureSource(Protocol):
+    async def user_features(self, user_id: str) -> UserFeaturesLike: ...
+
+    async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]: ...
+
+    async def trending(self, k: int, exclude: set[str]) -> list[tuple[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[tuple[str, float]]
+    model_version: int | None
+    fallback: str | None
+    rec_id: str
+
+
+class Recommender:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        features: FeatureSource,
+        catalog: ItemCatalog,
+        feature_timeout_s: float,
+        registry: CollectorRegistry,
+        memory_refresh_s: float = 5.0,
+    ) -> None:
+        self.holder = holder
+        self.features = features
+        self.catalog = catalog
+        self.feature_timeout_s = feature_timeout_s
+        self.memory_refresh_s = memory_refresh_s
+        self.answers = Counter(
+            "inference_recommendations_total",
+            "Recommendations by path taken (personalised or which fallback).",
+            ["path"],
+            registry=registry,
+        )
+        # Popularity kept in memory, for when Redis is gone.
+        self._memory_popular: list[tuple[str, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_memory(), name="popularity-mirror")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh_memory(self) -> None:
+        while True:
+            await self._refresh_memory_once()
+            await asyncio.sleep(self.memory_refresh_s)
+
+    async def _refresh_memory_once(self) -> None:
+        try:
+            self._memory_popular = await self.features.popular(1000, set())
+        except (RedisError, OSError, TimeoutError) as error:
+            log.debug("popularity mirror not refreshed: %s", error)
+
+    # --- the chain -----------------------------------------------------------------------
+
+    async def recommend(
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool = True,
+        exclude: Collection[str] = (),
+        tag: str | None = None,
+        trending: bool = False,
+    ) -> Recommendation:
+        model = self.holder.current  # this request's model, whatever swaps meanwhile
+        rec_id = uuid.uuid4().hex
+        version = model.version if model else None
+        try:
+            features = await asyncio.wait_for(
+                self.features.user_features(user_id), self.feature_timeout_s
+            )
+        except (RedisError, OSError, TimeoutError):
+            features = None
+        if features is None:
+            if model is not None:
+                items = self._score(model, [], set(exclude), tag, k)
+                return self._answer(items, version, "model_without_features", rec_id)
+            items = self._filter(self._memory_popular, set(exclude), tag, k)
+            return self._answer(items, None, "memory_popularity", rec_id)
+        excluded = set(exclude)
+        if exclude_seen:
+            excluded.update(features.seen)
+        if model is None or not features.recent:
+            path = "trending" if trending else "popularity"
+            try:
+                source = self.features.trending if trending else self.features.popular
+                ranked = await asyncio.wait_for(
+                    source(k * 4 + len(excluded), excluded), self.feature_timeout_s
+                )
+            except (RedisError, OSError, TimeoutError):
+                ranked, path = self._memory_popular, "memory_popularity"
+            return self._answer(self._filter(ranked, excluded, tag, k), version, path, rec_id)
+        items = self._score(model, features.recent, excluded, tag, k)
+        return self._answer(items, version, None, rec_id)
+
+    def _answer(
+        self, items: list[tuple[str, float]], version: int | None, path: str | None, rec_id: str
+    ) -> Recommendation:
+        self.answers.labels(path or "model").inc()
+        return Recommendation(items, version, path, rec_id)
+
+    def _filter(
+        self, ranked: list[tuple[str, float]], excluded: set[str], tag: str | None, k: int
+    ) -> list[tuple[str, float]]:
+        out = []
+        for item, score in ranked:
+            if item not in excluded and self.catalog.allowed(item, tag):
+                out.append((item, score))
+                if len(out) == k:
+                    break
+        return out
+
+    def _score(
+        self,
+        model: ServedModel,
+        recent: list[str],
+        excluded: set[str],
+        tag: str | None,
+        k: int,
+    ) -> list[tuple[str, float]]:
+        scorer = model.scorer
+        rows = scorer.history_rows([recent[: model.history_length]])
+        scores = scorer.scores(scorer.user_vectors(rows))[0]
+        scores[self.catalog.unavailable_mask(model)] = -np.inf
+        if tag is not None:
+            scores[self.catalog.tag_mask(model, tag)] = -np.inf
+        if excluded:
+            known = [scorer.rows[i] for i in excluded if i in scorer.rows]
+            scores[known] = -np.inf
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top])]
+        ids = scorer.weights.item_ids
+        return [(ids[r], float(scores[r])) for r in top if np.isfinite(scores[r])]
+
+    def similar(self, model: ServedModel, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        row = model.scorer.rows.get(item_id)
+        if row is None:
+            return None
+        similarity = model.normalized @ model.normalized[row]
+        similarity[row] = -np.inf
+        similarity[self.catalog.unavailable_mask(model)] = -np.inf
+        k = min(k, len(similarity) - 1)
+        if k <= 0:
+            return []
+        top = np.argpartition(-similarity, k - 1)[:k]
+        top = top[np.argsort(-similarity[top])]
+        ids = model.scorer.weights.item_ids
+        return [(ids[r], float(similarity[r])) for r in top if np.isfinite(similarity[r])]

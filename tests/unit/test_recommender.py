@@ -1,0 +1,143 @@
+"""The recommender's fallback chain and scoring rules, with a hand-built model and fake features."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from inference.catalog import ItemCatalog, ItemIn
+from inference.models import ServedModel
+from inference.recommender import Recommender
+from prometheus_client import CollectorRegistry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights
+
+ITEMS = [f"i{n}" for n in range(6)]
+
+
+def served(version: int = 1) -> ServedModel:
+    """Item k's output embedding points where item k-1's input embedding does: after i(k-1)
+    comes ik. Bias favours i5 for users without history."""
+    dim = len(ITEMS)
+    item_in = np.eye(dim, dtype=np.float32)
+    item_out = np.roll(np.eye(dim, dtype=np.float32), 1, axis=0)
+    weights = ItemPoolingWeights(
+        item_ids=ITEMS,
+        item_in=item_in,
+        item_out=item_out,
+        item_bias=np.array([0, 0, 0, 0, 0, 0.5], dtype=np.float32),
+        position_logits=np.array([2, 0, 0], dtype=np.float32),  # the newest item counts most
+        projection=np.eye(dim, dtype=np.float32),
+        projection_bias=np.zeros(dim, dtype=np.float32),
+    )
+    scorer = ItemPoolingScorer(weights)
+    return ServedModel("spec", version, "0" * 64, scorer, item_out, 0.0)
+
+
+@dataclass
+class Features:
+    recent: list[str] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+
+
+class FakeFeatures:
+    def __init__(self) -> None:
+        self.users: dict[str, Features] = {}
+        self.popularity = [("i2", 9.0), ("i4", 5.0), ("i1", 1.0)]
+        self.down = False
+        self.slow = False
+
+    async def _check(self) -> None:
+        if self.down:
+            raise RedisConnectionError("down")
+        if self.slow:
+            await asyncio.sleep(1)
+
+    async def user_features(self, user_id: str) -> Features:
+        await self._check()
+        return self.users.get(user_id, Features())
+
+    async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        await self._check()
+        return [p for p in self.popularity if p[0] not in exclude][:k]
+
+    async def trending(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        await self._check()
+        return [("i3", 2.0)]
+
+
+class Holder:
+    def __init__(self, model: ServedModel | None) -> None:
+        self.current = model
+
+
+def recommender(model: ServedModel | None, features: FakeFeatures) -> Recommender:
+    catalog = ItemCatalog(redis=None, prefix="t:")  # type: ignore[arg-type]
+    return Recommender(Holder(model), features, catalog, 0.05, CollectorRegistry())  # type: ignore[arg-type]
+
+
+async def test_personalised_scores_follow_the_model_and_exclude_seen() -> None:
+    features = FakeFeatures()
+    features.users["u"] = Features(recent=["i2", "i1"], seen=["i1", "i2", "i3"])
+    result = await recommender(served(), features).recommend("u", 3)
+    assert result.fallback is None
+    assert result.model_version == 1
+    # Seen items never come back, whatever their scores.
+    assert {"i1", "i2", "i3"}.isdisjoint(item for item, _ in result.items)
+    unfiltered = await recommender(served(), features).recommend("u", 1, exclude_seen=False)
+    assert unfiltered.items[0][0] == "i3"
+
+
+async def test_unknown_user_and_no_model_get_popularity_or_trending() -> None:
+    features = FakeFeatures()
+    chain = recommender(served(), features)
+    assert (await chain.recommend("nobody", 2)).fallback == "popularity"
+    assert [i for i, _ in (await chain.recommend("nobody", 2)).items] == ["i2", "i4"]
+    assert (await chain.recommend("nobody", 2, trending=True)).items == [("i3", 2.0)]
+    no_model = await recommender(None, features).recommend("nobody", 5, exclude=["i2"])
+    assert no_model.fallback == "popularity"
+    assert no_model.model_version is None
+    assert [i for i, _ in no_model.items] == ["i4", "i1"]
+
+
+@pytest.mark.parametrize("failure", ["down", "slow"])
+async def test_redis_failure_falls_back_to_the_model_prior_then_memory(failure: str) -> None:
+    features = FakeFeatures()
+    chain = recommender(served(), features)
+    await chain._refresh_memory_once()
+    setattr(features, failure, True)
+    result = await chain.recommend("u", 2)
+    assert result.fallback == "model_without_features"
+    assert result.items[0][0] == "i5"  # the model's prior: its bias
+    without_model = recommender(None, features)
+    without_model._memory_popular = [("i4", 1.0)]
+    result = await without_model.recommend("u", 2)
+    assert result.fallback == "memory_popularity"
+    assert result.items == [("i4", 1.0)]
+
+
+async def test_unavailable_items_and_tags_are_respected() -> None:
+    features = FakeFeatures()
+    features.users["u"] = Features(recent=["i2"], seen=["i2"])
+    chain = recommender(served(), features)
+    chain.catalog.items = {
+        "i3": ItemIn(item_id="i3", available=False),
+        "i0": ItemIn(item_id="i0", tags=["drama"]),
+    }
+    chain.catalog.version = 1
+    assert "i3" not in [i for i, _ in (await chain.recommend("u", 6)).items]
+    assert [i for i, _ in (await chain.recommend("u", 6, tag="drama")).items] == ["i0"]
+    popular = await chain.recommend("nobody", 6, tag="drama")
+    assert popular.items == []
+
+
+def test_similar_items_by_embedding() -> None:
+    model = served()
+    chain = recommender(model, FakeFeatures())
+    assert chain.similar(model, "nope", 3) is None
+    similar = chain.similar(model, "i1", 3)
+    assert similar is not None
+    assert "i1" not in [i for i, _ in similar]
+    assert len(similar) == 3
