@@ -1,0 +1,443 @@
+"""The feature store: per-user and per-item features in Redis, written by the feature updater.
+
+Schema (``p`` is ``RedisSettings.key_prefix``):
+
+| key | type | content |
+|---|---|---|
+| ``{p}u:{user}:recent`` | LIST | positive items, newest first (repeats kept, as in training), |
+| | | trimmed to ``recent_items`` |
+| ``{p}u:{user}:seen`` | ZSET | item → last event time (ms), the newest ``max_seen_items`` |
+| ``{p}u:{user}:counts`` | HASH | event type → count, every known type (negatives too) |
+| ``{p}items:popularity`` | ZSET | forward-decayed weighted count, ``popularity_half_life_s`` |
+| ``{p}items:trending`` | ZSET | the same with ``trending_half_life_s`` (short-term activity) |
+| ``{p}features:landmark`` | STRING | landmark of the forward decay (event time, ms) |
+| ``{p}features:clock`` | STRING | newest event time applied (ms): "now" for decayed values |
+| ``{p}features:offsets`` | HASH | ``{topic}:{partition}`` → next offset applied |
+
+**Forward decay** (Cormode et al.): an event of weight ``w`` at time ``t`` adds
+``w · 2^((t − L)/h)`` to its item, for a fixed landmark ``L``. The true decayed value at time
+``now`` is the stored score times ``2^(−(now − L)/h)``, a factor common to every item, so the
+stored order is the decayed order and nothing is rewritten as time passes. The exponent grows
+with ``t``; once it passes ``RESCALE_AFTER_HALF_LIVES`` for the shorter half-life, one
+transaction multiplies both sets by ``2^(−Δ/h)`` (ZUNIONSTORE with WEIGHTS), drops items decayed
+to nothing, and moves the landmark. Time is always the event's own timestamp, never wall time,
+so a replay of old data (MovieLens, 1998) decays exactly like live traffic.
+
+**Trending** is short-term activity relative to long-term popularity, read at "now" (the clock):
+``short / (long + 1)``, computed at read time over the ``pool`` items most active in the short
+window (one Lua call): a steady favourite scores about ``h_short / h_long``, a rising item
+approaches 1, and the ``+1`` keeps a single stray event from topping the list.
+
+**Exactly once.** One fetched batch is one ``MULTI/EXEC`` with the new offsets of its partitions
+(the per-user and per-item writes are two ``EVAL`` calls inside it), so Redis holds either all of
+a batch and its position or neither. The transaction WATCHes the offsets, landmark and clock and
+refuses a batch that starts below the stored position (:class:`PositionConflict`): a batch whose
+EXEC reply was lost, or that another writer applied first, is never applied twice. (Redis does
+not roll back a transaction whose command fails at run time, e.g. a foreign key of the wrong type
+under our names; nothing else writes these keys.)
+
+Non-positive events (``remove_from_cart``, ``dislike``) only bump ``counts``; they never enter
+``recent``, ``seen`` or the item scores (as in training). Types this version does not know are
+skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+from streamrec_shared.schemas.events import INTERACTION_WEIGHTS, EventType
+
+from inference.config import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+# 2^500 ≈ 3e150: far from the float limit (1.8e308) even summed over millions of events.
+RESCALE_AFTER_HALF_LIVES = 500.0
+# After a rescale, scores below this (a single event 64 half-lives old) are dropped.
+PRUNE_BELOW = 2.0**-64
+TRENDING_SMOOTHING = 1.0
+TRENDING_POOL_FACTOR = 4
+TRENDING_POOL_MIN = 200
+TRENDING_POOL_MAX = 2000
+# Optimistic transactions retried this often when another writer touched the watched keys.
+MAX_WATCH_ATTEMPTS = 20
+
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
+
+# The pool of the most active items in the short window with their long-term scores, plus the
+# landmark and clock: one round trip. ZMSCORE in chunks (Lua's unpack has a stack limit).
+_TRENDING_READ = """
+local top = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local members = {}
+for i = 1, #top, 2 do members[#members + 1] = top[i] end
+local long = {}
+for start = 1, #members, 1000 do
+  local chunk = {}
+  for i = start, math.min(start + 999, #members) do chunk[#chunk + 1] = members[i] end
+  local scores = redis.call('ZMSCORE', KEYS[2], unpack(chunk))
+  for i = 1, #scores do long[#long + 1] = scores[i] end
+end
+return {top, long, redis.call('MGET', KEYS[3], KEYS[4])}
+"""
+
+
+# The writes of a batch, inside its MULTI: three calls instead of one command per key, since
+# redis-py's cost per command (packing it, parsing its reply) dwarfs Redis's own work. EVAL, not
+# EVALSHA: a NOSCRIPT error inside a transaction would leave the rest of it applied. The user
+# keys are not declared in KEYS (a standalone Redis, as for ingest's dedup keys).
+#
+# users: prefix, recent_items, max_seen_items, then per user: user, n, n items (oldest first),
+# m, m × (item, event ms), c, c × (event type, count).
+_APPLY_USERS = """
+local prefix, keep_recent, keep_seen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+while i <= #ARGV do
+  local base = prefix .. 'u:' .. ARGV[i] .. ':'
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  if n > 0 then
+    local key = base .. 'recent'
+    for j = i, i + n - 1 do redis.call('LPUSH', key, ARGV[j]) end
+    redis.call('LTRIM', key, 0, keep_recent - 1)
+  end
+  i = i + n
+  n = tonumber(ARGV[i])
+  i = i + 1
+  if n > 0 then
+    local key = base .. 'seen'
+    -- GT: an older repeat never moves an item back
+    for j = i, i + 2 * n - 1, 2 do redis.call('ZADD', key, 'GT', ARGV[j + 1], ARGV[j]) end
+    redis.call('ZREMRANGEBYRANK', key, 0, -(keep_seen + 1))
+  end
+  i = i + 2 * n
+  n = tonumber(ARGV[i])
+  i = i + 1
+  local key = base .. 'counts'
+  for j = i, i + 2 * n - 1, 2 do redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1]) end
+  i = i + 2 * n
+end
+return 1
+"""
+# items: KEYS popularity, trending; ARGV triples (item, long increment, short increment).
+_APPLY_ITEMS = """
+for i = 1, #ARGV, 3 do
+  for k = 1, 2 do
+    if ARGV[i + k] ~= '0.0' then redis.call('ZINCRBY', KEYS[k], ARGV[i + k], ARGV[i]) end
+  end
+end
+return 1
+"""
+
+
+class PositionConflict(Exception):
+    """Redis already holds a position past the start of this batch: it was applied before."""
+
+    def __init__(self, stored: dict[int, int]) -> None:
+        super().__init__(f"batch already applied up to {stored}")
+        self.stored = stored
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureEvent:
+    """What the features need from one ``events`` record."""
+
+    user_id: str
+    item_id: str
+    type: str
+    weight: float  # INTERACTION_WEIGHTS; 0 for non-positive types
+    event_ms: int  # the event's own time
+    received_at: float  # ingest's receive time, unix seconds (for freshness)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """One fetched batch: its events in stream order and the offsets it spans per partition."""
+
+    topic: str
+    events: Sequence[FeatureEvent]
+    first: Mapping[int, int]  # partition → first offset read
+    next: Mapping[int, int]  # partition → offset after the last one read
+
+
+@dataclass(slots=True)
+class UserFeatures:
+    recent: list[str] = field(default_factory=list)  # newest first
+    seen: list[str] = field(default_factory=list)  # most recently seen first
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.recent or self.seen or self.counts)
+
+
+def _epoch_s(value: Any) -> float:
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO time, got {type(value).__name__}")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def decode_event(value: bytes) -> FeatureEvent | None:
+    """An ``events`` record, parsed once; ``None`` for types this version does not know.
+
+    Raises ``ValueError`` for bytes that are not an event record (the caller dead-letters them).
+    """
+    try:
+        record = orjson.loads(value)
+        kind = record["type"]
+        if kind not in _KNOWN_TYPES:
+            return None
+        user_id, item_id = record["user_id"], record["item_id"]
+        if not isinstance(user_id, str) or not isinstance(item_id, str):
+            raise TypeError("user_id and item_id must be strings")
+        return FeatureEvent(
+            user_id,
+            item_id,
+            kind,
+            INTERACTION_WEIGHTS.get(kind, 0.0),
+            round(_epoch_s(record["timestamp"]) * 1000),
+            _epoch_s(record["received_at"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"not an event record: {error}") from error
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class FeatureStore:
+    def __init__(self, redis: Redis, settings: InferenceSettings) -> None:
+        self.redis = redis
+        self.prefix = p = settings.redis.key_prefix
+        self.recent_items = settings.recent_items
+        self.max_seen_items = settings.max_seen_items
+        self.long_half_life_ms = settings.popularity_half_life_s * 1000.0
+        self.short_half_life_ms = settings.trending_half_life_s * 1000.0
+        self.popularity_key = f"{p}items:popularity"
+        self.trending_key = f"{p}items:trending"
+        self.landmark_key = f"{p}features:landmark"
+        self.clock_key = f"{p}features:clock"
+        self.offsets_key = f"{p}features:offsets"
+        self._trending_read = redis.register_script(_TRENDING_READ)
+
+    def user_key(self, user_id: str, kind: str) -> str:
+        return f"{self.prefix}u:{user_id}:{kind}"
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def apply(self, batch: FeatureBatch) -> None:
+        """Apply a batch and store its position, atomically.
+
+        Raises :class:`PositionConflict` if any partition's stored position is past the batch's
+        first offset (nothing is written then), ``RedisError`` if Redis fails: then nothing was
+        written, or (reply lost after EXEC) all of it was, and a retry gets the conflict.
+        """
+        if not batch.first:
+            return
+        user_args = self._user_args(batch.events)
+        fields = [f"{batch.topic}:{p}" for p in batch.first]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_WATCH_ATTEMPTS):
+                try:
+                    await pipe.watch(self.offsets_key, self.landmark_key, self.clock_key)
+                    stored = await pipe.hmget(self.offsets_key, fields)
+                    taken = {
+                        p: int(raw)
+                        for p, raw in zip(batch.first, stored, strict=True)
+                        if raw is not None and int(raw) > batch.first[p]
+                    }
+                    if taken:
+                        raise PositionConflict(taken)
+                    landmark_raw, clock_raw = await pipe.mget(self.landmark_key, self.clock_key)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    self._queue(pipe, batch, user_args, landmark_raw, clock_raw)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # another writer moved one of the watched keys: read again
+        raise WatchError(f"gave up after {MAX_WATCH_ATTEMPTS} conflicting transactions")
+
+    def _user_args(self, events: Sequence[FeatureEvent]) -> list[str | int]:
+        """The per-user updates of a batch as the arguments of ``_APPLY_USERS``."""
+        recent: dict[str, list[str]] = {}
+        seen: dict[str, dict[str, int]] = {}
+        counts: dict[str, Counter[str]] = {}
+        for event in events:
+            counts.setdefault(event.user_id, Counter())[event.type] += 1
+            if event.weight > 0:
+                recent.setdefault(event.user_id, []).append(event.item_id)
+                last = seen.setdefault(event.user_id, {})
+                last[event.item_id] = max(last.get(event.item_id, event.event_ms), event.event_ms)
+        if not counts:
+            return []
+        args: list[str | int] = [self.prefix, self.recent_items, self.max_seen_items]
+        for user, user_counts in counts.items():
+            items = recent.get(user, [])[-self.recent_items :]
+            args += (user, len(items), *items)
+            user_seen = seen.get(user, {})
+            args.append(len(user_seen))
+            for item, ms in user_seen.items():
+                args += (item, ms)
+            args.append(len(user_counts))
+            for kind, count in user_counts.items():
+                args += (kind, count)
+        return args
+
+    def _queue(
+        self,
+        pipe: Pipeline,
+        batch: FeatureBatch,
+        user_args: list[str | int],
+        landmark_raw: bytes | str | None,
+        clock_raw: bytes | str | None,
+    ) -> None:
+        positives = [e for e in batch.events if e.weight > 0]
+        if positives:
+            newest = max(e.event_ms for e in positives)
+            landmark = self._queue_landmark(pipe, landmark_raw, newest)
+            scores: dict[str, list[float]] = {}
+            for e in positives:
+                age = e.event_ms - landmark
+                pair = scores.setdefault(e.item_id, [0.0, 0.0])
+                pair[0] += e.weight * math.exp2(age / self.long_half_life_ms)
+                pair[1] += e.weight * math.exp2(age / self.short_half_life_ms)
+            item_args: list[str] = []
+            for item, (long, short) in scores.items():
+                if long > 0 or short > 0:  # events far older than the landmark add nothing
+                    item_args += (item, repr(long), repr(short))
+            if item_args:
+                pipe.eval(_APPLY_ITEMS, 2, self.popularity_key, self.trending_key, *item_args)
+            if clock_raw is None or newest > int(clock_raw):
+                pipe.set(self.clock_key, newest)
+        if user_args:
+            pipe.eval(_APPLY_USERS, 0, *user_args)
+        pipe.hset(
+            self.offsets_key,
+            mapping={f"{batch.topic}:{p}": offset for p, offset in batch.next.items()},
+        )
+
+    def _queue_landmark(self, pipe: Pipeline, landmark_raw: bytes | str | None, newest: int) -> int:
+        """The landmark this batch is scored against; queues a rescale when it must move."""
+        if landmark_raw is None:
+            pipe.set(self.landmark_key, newest)
+            return newest
+        landmark = int(landmark_raw)
+        shortest = min(self.long_half_life_ms, self.short_half_life_ms)
+        if (newest - landmark) / shortest <= RESCALE_AFTER_HALF_LIVES:
+            return landmark
+        shift = newest - landmark
+        for key, half_life in (
+            (self.popularity_key, self.long_half_life_ms),
+            (self.trending_key, self.short_half_life_ms),
+        ):
+            pipe.zunionstore(key, {key: math.exp2(-shift / half_life)})
+            pipe.zremrangebyscore(key, "-inf", f"({PRUNE_BELOW!r}")
+        pipe.set(self.landmark_key, newest)
+        log.info("feature decay landmark moved by %.0f s", shift / 1000)
+        return newest
+
+    async def clear(self) -> int:
+        """Delete every feature key of this prefix (not other services' keys under it, such as
+        ingest's dedup keys or the catalogue's ``items:meta``). Returns how many were deleted."""
+        deleted = 0
+        exact = [
+            self.popularity_key,
+            self.trending_key,
+            self.landmark_key,
+            self.clock_key,
+            self.offsets_key,
+        ]
+        deleted += int(await self.redis.unlink(*exact))
+        batch: list[bytes | str] = []
+        async for key in self.redis.scan_iter(match=f"{_glob_escape(self.prefix)}u:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(await self.redis.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(await self.redis.unlink(*batch))
+        return deleted
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def positions(self, topic: str) -> dict[int, int]:
+        """``{partition: next offset to apply}`` as stored with the features."""
+        stored = await self.redis.hgetall(self.offsets_key)
+        result: dict[int, int] = {}
+        for raw_field, raw_value in stored.items():
+            name, _, partition = _text(raw_field).rpartition(":")
+            if name == topic:
+                result[int(partition)] = int(raw_value)
+        return result
+
+    async def user_features(self, user_id: str) -> UserFeatures:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(self.user_key(user_id, "recent"), 0, -1)
+            pipe.zrevrange(self.user_key(user_id, "seen"), 0, -1)
+            pipe.hgetall(self.user_key(user_id, "counts"))
+            recent, seen, counts = await pipe.execute()
+        return UserFeatures(
+            recent=[_text(i) for i in recent],
+            seen=[_text(i) for i in seen],
+            counts={_text(k): int(v) for k, v in counts.items()},
+        )
+
+    async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        """Top ``k`` by decayed popularity (weighted events, decayed to the newest event time)."""
+        if k <= 0:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(self.popularity_key, 0, k + len(exclude) - 1, withscores=True)
+            pipe.mget(self.landmark_key, self.clock_key)
+            top, (landmark_raw, clock_raw) = await pipe.execute()
+        factor = self._decay_to_clock(landmark_raw, clock_raw, self.long_half_life_ms)
+        items = ((_text(item), float(score) * factor) for item, score in top)
+        return [(item, score) for item, score in items if item not in exclude][:k]
+
+    async def trending(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        """Top ``k`` by ``short / (long + 1)`` among the items most active in the short window."""
+        if k <= 0:
+            return []
+        wanted = k + len(exclude)
+        pool = max(
+            wanted, min(max(TRENDING_POOL_FACTOR * wanted, TRENDING_POOL_MIN), TRENDING_POOL_MAX)
+        )
+        keys = [self.trending_key, self.popularity_key, self.landmark_key, self.clock_key]
+        top, long, (landmark_raw, clock_raw) = await self._trending_read(keys=keys, args=[pool])
+        short_factor = self._decay_to_clock(landmark_raw, clock_raw, self.short_half_life_ms)
+        long_factor = self._decay_to_clock(landmark_raw, clock_raw, self.long_half_life_ms)
+        scored: list[tuple[str, float]] = []
+        for index, long_raw in enumerate(long):
+            item = _text(top[2 * index])
+            if item in exclude:
+                continue
+            short = float(top[2 * index + 1]) * short_factor
+            long_value = float(long_raw) * long_factor if long_raw is not None else 0.0
+            scored.append((item, short / (long_value + TRENDING_SMOOTHING)))
+        scored.sort(key=lambda pair: pair[1], reverse=True)
+        return scored[:k]
+
+    @staticmethod
+    def _decay_to_clock(
+        landmark_raw: bytes | str | None, clock_raw: bytes | str | None, half_life_ms: float
+    ) -> float:
+        if landmark_raw is None or clock_raw is None:
+            return 1.0
+        return math.exp2(-(int(clock_raw) - int(landmark_raw)) / half_life_ms)

@@ -1,0 +1,312 @@
+"""The Redis feature store (on fakeredis with Lua): schema, decay, rescaling, atomic positions."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import fakeredis
+import orjson
+import pytest
+from inference.config import InferenceSettings
+from inference.features import (
+    RESCALE_AFTER_HALF_LIVES,
+    FeatureBatch,
+    FeatureEvent,
+    FeatureStore,
+    PositionConflict,
+    UserFeatures,
+    decode_event,
+)
+from inference.updater import FeatureUpdater
+from prometheus_client import CollectorRegistry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from streamrec_shared.kafka import ResilientProducer
+from streamrec_shared.schemas.events import INTERACTION_WEIGHTS, EventIn, EventType
+from streamrec_shared.settings import KafkaSettings, RedisSettings
+
+T0 = 1_767_225_600_000  # 2026-01-01, ms
+HOUR_MS = 3_600_000
+TOPIC = "events"
+
+
+def settings(**overrides: object) -> InferenceSettings:
+    values: dict[str, object] = {
+        "redis": RedisSettings(key_prefix="t:"),
+        "recent_items": 3,
+        "max_seen_items": 3,
+        "popularity_half_life_s": 3600.0,
+        "trending_half_life_s": 600.0,
+        **overrides,
+    }
+    return InferenceSettings.model_validate(values)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+async def redis(server: fakeredis.FakeServer) -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    client = fakeredis.FakeAsyncRedis(server=server)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(redis: fakeredis.FakeAsyncRedis) -> FeatureStore:
+    return FeatureStore(redis, settings())
+
+
+def ev(item: str, ms: int, type_: str = "click", user: str = "u") -> FeatureEvent:
+    return FeatureEvent(user, item, type_, INTERACTION_WEIGHTS.get(type_, 0.0), ms, ms / 1000)
+
+
+class Stream:
+    """Batches with consecutive offsets on one partition, as the updater builds them."""
+
+    def __init__(self, partition: int = 0) -> None:
+        self.partition, self.offset = partition, 0
+
+    def batch(self, *events: FeatureEvent) -> FeatureBatch:
+        first, self.offset = self.offset, self.offset + len(events)
+        return FeatureBatch(TOPIC, events, {self.partition: first}, {self.partition: self.offset})
+
+
+async def test_recent_is_newest_first_and_trimmed(store: FeatureStore) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(ev("a", T0), ev("b", T0 + 1)))
+    assert (await store.user_features("u")).recent == ["b", "a"]
+    await store.apply(stream.batch(ev("c", T0 + 2), ev("d", T0 + 3), ev("b", T0 + 4)))
+    features = await store.user_features("u")
+    assert features.recent == ["b", "d", "c"]  # a repeat is kept, as in training; 3 at most
+    # A batch longer than the list keeps only its newest items.
+    await store.apply(stream.batch(*(ev(f"x{i}", T0 + 10 + i) for i in range(5))))
+    assert (await store.user_features("u")).recent == ["x4", "x3", "x2"]
+
+
+async def test_seen_keeps_the_most_recently_seen(store: FeatureStore) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(ev("a", T0), ev("b", T0 + 1), ev("c", T0 + 2)))
+    await store.apply(stream.batch(ev("a", T0 + 3)))  # seen again: now the newest
+    await store.apply(stream.batch(ev("b", T0 - 50)))  # an older repeat moves nothing back
+    await store.apply(stream.batch(ev("d", T0 + 4)))  # over the limit: the oldest (b) goes
+    assert (await store.user_features("u")).seen == ["d", "a", "c"]
+
+
+async def test_counts_every_type_and_negatives_touch_nothing_else(store: FeatureStore) -> None:
+    stream = Stream()
+    await store.apply(
+        stream.batch(
+            ev("a", T0),
+            ev("a", T0 + 1, "purchase"),
+            ev("b", T0 + 2, "dislike"),
+            ev("c", T0 + 3, "remove_from_cart"),
+            ev("a", T0 + 4),
+        )
+    )
+    features = await store.user_features("u")
+    assert features.counts == {"click": 2, "purchase": 1, "dislike": 1, "remove_from_cart": 1}
+    assert features.recent == ["a", "a", "a"]
+    assert features.seen == ["a"]
+    assert [item for item, _ in await store.popular(10, set())] == ["a"]
+    assert (await store.user_features("nobody")).empty
+    assert not features.empty
+    assert UserFeatures().empty
+
+
+async def test_newer_events_outweigh_older_ones_by_the_half_life(store: FeatureStore) -> None:
+    stream = Stream()
+    # Equal weights one half-life apart: the newer counts twice as much.
+    await store.apply(stream.batch(ev("old", T0, user="u1"), ev("new", T0 + HOUR_MS, user="u2")))
+    popular = dict(await store.popular(10, set()))
+    assert [i for i, _ in await store.popular(10, set())] == ["new", "old"]
+    assert popular["new"] == pytest.approx(1.0)  # decayed to the newest event: one fresh click
+    assert popular["old"] == pytest.approx(0.5)
+    # Weights count: one purchase now beats two clicks an hour ago (3 > 1 + 2 × 0.5).
+    await store.apply(stream.batch(ev("old", T0 + HOUR_MS), ev("bought", T0 + HOUR_MS, "purchase")))
+    popular = dict(await store.popular(10, set()))
+    assert popular == pytest.approx({"bought": 3.0, "old": 1.5, "new": 1.0})
+
+
+async def test_rescaling_keeps_order_and_ratios(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = FeatureStore(redis, settings(popularity_half_life_s=36_000.0))
+    stream = Stream()
+    short_ms, long_ms = 600_000, 36_000_000
+    await store.apply(stream.batch(ev("a", T0), ev("a", T0 + 1000), ev("b", T0 + 60_000)))
+    before = dict(await store.popular(10, set()))
+    ratio = before["a"] / before["b"]
+    landmark = int(await redis.get(store.landmark_key))
+    # Far enough for a rescale of the short half-life's exponent, with events on both sides.
+    later = landmark + int((RESCALE_AFTER_HALF_LIVES + 10) * short_ms)
+    await store.apply(stream.batch(ev("c", later)))
+    assert int(await redis.get(store.landmark_key)) == later
+    after = dict(await store.popular(10, set()))
+    assert after["a"] / after["b"] == pytest.approx(ratio, rel=1e-9)
+    assert after["b"] == pytest.approx(math.exp2(-(later - T0 - 60_000) / long_ms), rel=1e-9)
+    assert after["c"] == pytest.approx(1.0)
+    # Stored scores were brought back near the landmark: no huge exponents left.
+    raw = await redis.zrange(store.trending_key, 0, -1, withscores=True)
+    assert all(score <= 1.0 for _, score in raw)
+    # The short-term scores of a and b decayed below the pruning threshold and are gone.
+    assert [item for item, _ in raw] == [b"c"]
+
+
+async def test_a_jump_of_a_million_half_lives_does_not_overflow(store: FeatureStore) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(ev("a", T0)))
+    await store.apply(stream.batch(ev("b", T0 + 1_000_000 * HOUR_MS)))
+    assert await store.popular(10, set()) == [("b", 1.0)]  # a has decayed away entirely
+    # An event far older than the landmark adds nothing rather than failing.
+    await store.apply(stream.batch(ev("ancient", T0)))
+    assert [i for i, _ in await store.popular(10, set())] == ["b"]
+
+
+async def test_apply_is_atomic_with_its_position(
+    server: fakeredis.FakeServer, store: FeatureStore
+) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(ev("a", T0)))
+    failing = stream.batch(ev("b", T0 + 1), ev("c", T0 + 2))
+    server.connected = False
+    with pytest.raises(RedisConnectionError):
+        await store.apply(failing)
+    server.connected = True
+    assert await store.positions(TOPIC) == {0: 1}
+    assert (await store.user_features("u")).recent == ["a"]
+    # Retrying the same batch applies it once; applying it again (a lost EXEC reply) is refused.
+    await store.apply(failing)
+    with pytest.raises(PositionConflict) as conflict:
+        await store.apply(failing)
+    assert conflict.value.stored == {0: 3}
+    features = await store.user_features("u")
+    assert features.recent == ["c", "b", "a"]
+    assert features.counts == {"click": 3}
+    assert await store.positions(TOPIC) == {0: 3}
+    assert await store.positions("another-topic") == {}
+
+
+async def test_a_concurrent_writer_is_detected(store: FeatureStore) -> None:
+    # Two writers read the same partition: the batch is applied by one of them only.
+    stream = Stream()
+    batch = stream.batch(ev("a", T0), ev("b", T0 + 1))
+    outcomes = await asyncio.gather(store.apply(batch), store.apply(batch), return_exceptions=True)
+    assert sum(isinstance(o, PositionConflict) for o in outcomes) == 1
+    assert (await store.user_features("u")).counts == {"click": 2}
+
+
+async def test_popular_and_trending_exclude(store: FeatureStore) -> None:
+    stream = Stream()
+    # "steady" has been popular for a day; "rising" only in the last minutes, a bit less often.
+    steady = [
+        ev("steady", T0 + h * HOUR_MS + m * 60_000) for h in range(24) for m in range(0, 60, 10)
+    ]
+    rising = [ev("rising", T0 + 24 * HOUR_MS + m * 60_000) for m in range(5)]
+    await store.apply(stream.batch(*steady, *rising, ev("one", T0 + 24 * HOUR_MS - 2 * HOUR_MS)))
+    popular = await store.popular(2, set())
+    assert [i for i, _ in popular] == ["steady", "rising"]
+    assert [i for i, _ in await store.popular(2, {"steady"})] == ["rising", "one"]
+    trending = await store.trending(3, set())
+    assert [i for i, _ in trending] == ["rising", "steady", "one"]
+    assert all(0 < score < 1 for _, score in trending)
+    assert [i for i, _ in await store.trending(5, {"rising", "one"})] == ["steady"]
+    assert await store.trending(0, set()) == []
+
+
+async def test_reads_of_an_empty_store(store: FeatureStore) -> None:
+    assert await store.popular(5, set()) == []
+    assert await store.trending(5, {"x"}) == []
+    assert await store.positions(TOPIC) == {}
+    assert (await store.user_features("u")).empty
+
+
+async def test_clear_deletes_only_feature_keys(
+    redis: fakeredis.FakeAsyncRedis, store: FeatureStore
+) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(*(ev("a", T0 + i, user=f"user{i}") for i in range(1500))))
+    others = ["t:items:meta", "t:items:meta:version", "t:dedup:e1", "other:u:x:recent"]
+    for key in others:
+        await redis.set(key, "1")
+    assert await store.clear() == 1500 * 3 + 5
+    assert sorted(k.decode() for k in await redis.keys("*")) == sorted(others)
+    assert await store.positions(TOPIC) == {}
+    # A prefix with glob characters matches only itself.
+    glob = FeatureStore(redis, settings(redis=RedisSettings(key_prefix="t*")))
+    assert await glob.clear() == 0
+
+
+def record(type_: str = "click", **fields: object) -> bytes:
+    value = 4.0 if type_ == "rating" else None
+    event = EventIn.model_validate(
+        {"user_id": "u1", "item_id": "i1", "type": type_, "value": value, **fields}
+    )
+    return event.record_value("e-1", datetime(2026, 6, 1, 12, 0, 0, 250_000, tzinfo=UTC))
+
+
+def test_decode_event() -> None:
+    stamp = datetime(1998, 3, 1, tzinfo=UTC)
+    event = decode_event(record("purchase", timestamp=stamp))
+    assert event == FeatureEvent(
+        "u1",
+        "i1",
+        "purchase",
+        INTERACTION_WEIGHTS["purchase"],
+        int(stamp.timestamp() * 1000),
+        datetime(2026, 6, 1, 12, 0, 0, 250_000, tzinfo=UTC).timestamp(),
+    )
+    dislike = decode_event(record(EventType.DISLIKE))
+    assert dislike is not None
+    assert dislike.weight == 0.0
+    newer = orjson.loads(record())
+    newer["type"] = "hover"  # a type this version does not know: skipped, not dead-lettered
+    assert decode_event(orjson.dumps(newer)) is None
+    naive = orjson.loads(record())
+    naive["timestamp"] = "2026-01-01T00:00:00"
+    decoded = decode_event(orjson.dumps(naive))
+    assert decoded is not None
+    assert decoded.event_ms == T0  # no zone: UTC
+    for garbage in (b"", b"not json", b"[1]", b'{"type": "click"}'):
+        with pytest.raises(ValueError, match="not an event record"):
+            decode_event(garbage)
+    for field, value in (("user_id", 7), ("timestamp", "yesterday"), ("received_at", None)):
+        broken = orjson.loads(record())
+        broken[field] = value
+        with pytest.raises(ValueError, match="not an event record"):
+            decode_event(orjson.dumps(broken))
+
+
+async def test_updater_retries_the_same_batch_while_redis_is_down(
+    server: fakeredis.FakeServer, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    registry = CollectorRegistry()
+    producer = ResilientProducer(KafkaSettings())  # never started: no dead letters here
+    updater = FeatureUpdater(settings(), redis, producer, registry)
+    batch = Stream().batch(ev("a", T0), ev("b", T0 + 1))
+    server.connected = False
+    asyncio.get_running_loop().call_later(0.3, setattr, server, "connected", True)
+    started = asyncio.get_running_loop().time()
+    await updater._retry_redis(lambda: updater.store.apply(batch))
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    assert (await updater.store.user_features("u")).recent == ["b", "a"]
+    retries = registry.get_sample_value("inference_feature_retries_total", {"cause": "redis"})
+    assert retries is not None
+    assert retries >= 2
+    updater._observe(batch.events, 0.001)
+    assert registry.get_sample_value("inference_feature_events_applied_total") == 2
+    assert registry.get_sample_value("inference_feature_freshness_seconds_count") == 2
+
+
+async def test_a_replay_of_old_data_decays_by_event_time(store: FeatureStore) -> None:
+    # The decay clock is the events' own time: a 1998 replay is not "decades old".
+    start = decode_event(record(timestamp=datetime(1998, 1, 1, tzinfo=UTC)))
+    later = decode_event(record(timestamp=datetime(1998, 1, 1, 1, tzinfo=UTC), item_id="i2"))
+    assert start is not None
+    assert later is not None
+    await store.apply(Stream().batch(start, later))
+    popular = await store.popular(5, set())
+    assert [item for item, _ in popular] == ["i2", "i1"]
+    assert dict(popular) == pytest.approx({"i2": 1.0, "i1": 0.5})
