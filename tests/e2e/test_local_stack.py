@@ -100,3 +100,30 @@ def test_the_demo_stream_is_learned_and_published(stack: LocalStack) -> None:
     assert len(version["digest"]) == 64
     runs = httpx.get(f"{trainer}/v1/runs", params={"spec_id": "default"}).json()
     assert [run["run"]["status"] for run in runs] == ["running"]
+
+
+def test_inference_serves_the_published_model_with_fresh_features(stack: LocalStack) -> None:
+    inference = stack.service("inference").url
+    deadline = time.monotonic() + 90
+    model: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        model = httpx.get(f"{inference}/v1/model").json()
+        if model["version"] is not None:
+            break
+        time.sleep(1)
+    assert model["version"] is not None, "inference never loaded the demo model"
+    ingest = stack.service("ingest").url
+    posted = httpx.post(
+        f"{ingest}/v1/events",
+        json={"user_id": "e2e-fresh", "item_id": "i1", "type": "click"},
+    )
+    assert posted.status_code == 202
+    for _ in range(50):  # the feature updater sees the event within moments
+        body = httpx.get(f"{inference}/v1/recommendations", params={"user_id": "e2e-fresh"}).json()
+        if body["fallback"] is None:
+            break
+        time.sleep(0.1)
+    assert body["fallback"] is None, body
+    assert body["model_version"] == model["version"]
+    assert len(body["items"]) == 10
+    assert "i1" not in [item["item_id"] for item in body["items"]], "seen items are excluded"
