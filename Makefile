@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness clean
+.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench-ingest: setup ## Ingest throughput vs the raw aiokafka producer (real brok
 
 bench-trainer: setup ## Trainer throughput from Kafka vs in-memory tensors (real broker)
 	@$(PY) benchmarks/trainer_throughput.py
+
+bench-scoring: setup ## Scoring one user: NumPy vs tf.function vs Keras predict
+	@$(PY) benchmarks/scoring.py
 
 bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
 	@$(PY) benchmarks/model_freshness.py
