@@ -73,6 +73,23 @@ def app_containers(objects: list[Obj]) -> Iterator[tuple[Workload, dict[str, Any
                 yield workload, container, service
 
 
+def is_server(container: dict[str, Any]) -> bool:
+    """Whether the container runs its image's CMD (uvicorn serving the app), rather than another
+    entry point of the same image (the feature updater, a batch run)."""
+    return "command" not in container and "args" not in container
+
+
+def replicas(objects: list[Obj], deployment: Obj) -> int | None:
+    """A Deployment's replica count; None when an HPA owns it."""
+    name = deployment["metadata"]["name"]
+    for obj in objects:
+        if obj["kind"] != "HorizontalPodAutoscaler":
+            continue
+        if obj["spec"]["scaleTargetRef"]["name"] == name:
+            return None
+    return int(deployment["spec"].get("replicas", 1))
+
+
 def find(objects: list[Obj], kind: str, name: str) -> Obj:
     for obj in objects:
         if obj["kind"] == kind and obj["metadata"]["name"] == name:

@@ -43,6 +43,7 @@ STANDALONE = (
     "base/trainer",
     "base/inference",
     "base/inference-canary",
+    "base/inference-features",
     "base/gateway",
 )
 SERVICES = {"ingest": 8001, "trainer": 8002, "inference": 8003, "gateway": 8000}

@@ -211,8 +211,8 @@ def test_dockerfile_exposes_the_service_port_and_the_factory_is_real(service: st
 
 def test_graceful_shutdown_fits_in_the_termination_grace_period(objects: list[Obj]) -> None:
     for workload, container, service in model.app_containers(objects):
-        if workload.obj["kind"] != "Deployment":
-            continue
+        if workload.obj["kind"] != "Deployment" or not model.is_server(container):
+            continue  # uvicorn's drain is the image's CMD (the feature updater: test_services)
         dockerfile = model.dockerfile(service)
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
         grace = workload.pod_spec["terminationGracePeriodSeconds"]

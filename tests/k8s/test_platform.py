@@ -9,7 +9,7 @@ import pytest
 from tests.k8s import model
 from tests.k8s.render import SERVICES, Obj
 
-PLATFORM_PODS = {*SERVICES, "trainer-batch", "inference-canary"}
+PLATFORM_PODS = {*SERVICES, "trainer-batch", "inference-canary", "inference-features"}
 
 
 def _container_contexts(workload: model.Workload) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -283,6 +283,8 @@ INTENDED = {
     ("gateway", "ingest", 8001),
     ("gateway", "trainer", 8002),
     ("gateway", "inference", 8003),
+    # Version records and artifact files from the registry (STREAMREC_INFERENCE_TRAINER_URL).
+    ("inference", "trainer", 8002),
     *(
         (pod, "kafka", 9092)
         for pod in ("gateway", "ingest", "inference", "trainer", "trainer-batch")
@@ -309,8 +311,17 @@ EXTERNAL_DEPENDENCIES = {
     ("trainer", "outside", 5432),
     ("trainer-batch", "outside", 5432),
 }
+# prod's feature updater on its own (components/feature-updater): events in, features out, its
+# metrics scraped; nothing calls it.
+FEATURE_UPDATER = {
+    ("inference-features", "kafka", 9092),
+    ("inference-features", "kube-dns", 53),
+    *(("inference-features", "outside", port) for port in (6379, 6380)),
+    ("prometheus", "inference-features", 8003),
+}
 CANARY = {
     ("gateway", "inference-canary", 8003),
+    ("inference-canary", "trainer", 8002),
     ("prometheus", "inference-canary", 8003),
     ("inference-canary", "kafka", 9092),
     ("inference-canary", "kube-dns", 53),
@@ -327,8 +338,8 @@ def platform_flows(objects: list[Obj]) -> set[tuple[str, str, int]]:
     ("overlay", "expected"),
     [
         ("dev", INTENDED | DEV_DEPENDENCIES),
-        ("prod", INTENDED | EXTERNAL_DEPENDENCIES),
-        ("canary", INTENDED | EXTERNAL_DEPENDENCIES | CANARY),
+        ("prod", INTENDED | EXTERNAL_DEPENDENCIES | FEATURE_UPDATER),
+        ("canary", INTENDED | EXTERNAL_DEPENDENCIES | FEATURE_UPDATER | CANARY),
     ],
 )
 def test_network_policies_allow_exactly_the_intended_flows(

@@ -9,6 +9,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,8 +38,8 @@ def test_deployments_probe_readiness_and_liveness_on_routes_the_service_serves(
 ) -> None:
     checked = 0
     for workload, container, service in model.app_containers(objects):
-        if workload.obj["kind"] != "Deployment":
-            continue
+        if workload.obj["kind"] != "Deployment" or not model.is_server(container):
+            continue  # the feature updater: test_the_feature_updater_process_is_probed_on_metrics
         probes = _probes(container)
         assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"  # type: ignore[index]
         assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"  # type: ignore[index]
@@ -56,7 +57,10 @@ def test_prometheus_annotations_point_at_the_metrics_route(objects: list[Obj]) -
         if workload.obj["kind"] != "Deployment":
             continue
         template = workload.obj["spec"]["template"]["metadata"]["annotations"]
-        assert template["prometheus.io/path"] in paths_of(service)
+        if model.is_server(container):
+            assert template["prometheus.io/path"] in paths_of(service)
+        else:  # prometheus_client's own server (the feature updater) answers on every path
+            assert template["prometheus.io/path"] == "/metrics", workload.name
         assert int(template["prometheus.io/port"]) == container["ports"][0]["containerPort"]
 
 
@@ -113,6 +117,11 @@ def test_settings_built_from_the_manifests_are_valid(
             and model.selects({"matchLabels": s["spec"]["selector"]}, workload.pod_labels)
         ]
         names = [s["metadata"]["name"] for s in fronting]
+        if not model.is_server(container):
+            # Not the service's API (the feature updater: metrics only): no Service may send
+            # requests there.
+            assert not fronting, f"{workload.name} is behind {names}"
+            continue
         assert len(fronting) == 1, f"{workload.name} is behind {names}"
         (service_port,) = fronting[0]["spec"]["ports"]
         assert service_port["targetPort"] == port["name"]
@@ -189,16 +198,23 @@ def _trainer_workloads(objects: list[Obj]) -> dict[str, tuple[model.Workload, di
     return found
 
 
-def _trainer_settings(
-    container: dict[str, Any], objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+def _settings(
+    service: str, container: dict[str, Any], objects: list[Obj], monkeypatch: pytest.MonkeyPatch
 ) -> Any:
+    """The service's settings as the container gets them (only the manifests' variables)."""
     for name in list(os.environ):
         if name.upper().startswith("STREAMREC_"):
             monkeypatch.delenv(name)
     for source in model.container_env(container, objects):
         value = source.value if source.value is not None else f"from-{source.origin}"
         monkeypatch.setenv(source.name, value)
-    return model.settings_class("trainer")()
+    return model.settings_class(service)()
+
+
+def _trainer_settings(
+    container: dict[str, Any], objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    return _settings("trainer", container, objects, monkeypatch)
 
 
 def test_trainer_and_batch_runs_share_the_registry_secret_and_the_artifact_volume(
@@ -269,3 +285,159 @@ def test_dev_registry_url_reaches_the_in_cluster_postgresql(dev: list[Obj]) -> N
     assert url.host == postgresql["metadata"]["name"]
     assert url.port in {p["port"] for p in postgresql["spec"]["ports"]}
     assert url.database
+
+
+# ----------------------------------------------------------------------------------- inference
+
+UPDATER_COMMAND = ["python", "-m", "inference.updater"]
+
+
+def _inference_containers(
+    objects: list[Obj],
+) -> dict[str, tuple[model.Workload, dict[str, Any]]]:
+    return {
+        w.name: (w, c)
+        for w, c, service in model.app_containers(objects)
+        if service == "inference" and w.obj["kind"] == "Deployment"
+    }
+
+
+def _servers(objects: list[Obj]) -> dict[str, tuple[model.Workload, dict[str, Any]]]:
+    found = {n: wc for n, wc in _inference_containers(objects).items() if model.is_server(wc[1])}
+    assert "inference" in found
+    return found
+
+
+def _mount_of(
+    path: PurePosixPath, workload: model.Workload, container: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The (mount, volume) that holds ``path``: the deepest mount at or above it."""
+    volumes = {v["name"]: v for v in workload.pod_spec.get("volumes", [])}
+    holding = [
+        m
+        for m in container.get("volumeMounts", [])
+        if path == PurePosixPath(m["mountPath"]) or PurePosixPath(m["mountPath"]) in path.parents
+    ]
+    if not holding:
+        return None
+    mount = max(holding, key=lambda m: len(PurePosixPath(m["mountPath"]).parts))
+    return mount, volumes[mount["name"]]
+
+
+def test_inference_caches_artifacts_on_a_writable_emptydir(
+    objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The artifact cache is written at every model load: outside dev the root filesystem is
+    read-only, so it must be a volume (per pod: an emptyDir), mounted writable, of its own
+    (/tmp is HOME's and small)."""
+    for name, (workload, container) in _servers(objects).items():
+        settings = _settings("inference", container, objects, monkeypatch)
+        cache = PurePosixPath(settings.artifact_cache_dir)
+        assert cache.is_absolute(), (name, cache)  # not relative to the working directory
+        held = _mount_of(cache, workload, container)
+        assert held is not None, f"{name}: {cache} is on the root filesystem"
+        mount, volume = held
+        assert not mount.get("readOnly"), name
+        assert "emptyDir" in volume, name
+        assert mount["mountPath"] != "/tmp", name
+
+
+def test_the_cache_check_rejects_a_cache_on_the_root_filesystem(prod: list[Obj]) -> None:
+    workload, container = _servers(prod)["inference"]
+    assert _mount_of(PurePosixPath("/var/cache/other"), workload, container) is None
+    held = _mount_of(PurePosixPath("/tmp/x"), workload, container)
+    assert held is not None
+    assert held[0]["mountPath"] == "/tmp"
+
+
+def test_inference_reads_models_from_the_trainer_service(
+    objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = model.find(objects, "Service", "trainer")
+    for name, (_, container) in _servers(objects).items():
+        settings = _settings("inference", container, objects, monkeypatch)
+        url = httpx.URL(settings.trainer_url)
+        assert url.scheme == "http", name
+        assert url.host == trainer["metadata"]["name"], name
+        assert url.port in {p["port"] for p in trainer["spec"]["ports"]}, name
+        assert settings.spec_id == "default", name
+        assert settings.artifacts_dir is None, name  # the trainer's volume is ReadWriteOnce
+
+
+def test_only_the_canary_pins_a_model_version(
+    objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stable pool follows every new version (no MODEL_VERSION at all); inference-canary
+    serves the one version under test, set in its own ConfigMap."""
+    for name, (_, container) in _servers(objects).items():
+        sources = {s.name: s for s in model.container_env(container, objects)}
+        settings = _settings("inference", container, objects, monkeypatch)
+        if name == "inference-canary":
+            source = sources["STREAMREC_INFERENCE_MODEL_VERSION"]
+            assert source.origin.startswith("ConfigMap/inference-settings-canary"), source
+            assert isinstance(settings.model_version, int)
+            assert settings.model_version >= 1
+        else:
+            assert name == "inference"
+            assert "STREAMREC_INFERENCE_MODEL_VERSION" not in sources
+            assert settings.model_version is None
+
+
+def test_the_canary_overlay_has_a_pinned_canary(canary: list[Obj]) -> None:
+    assert set(_servers(canary)) == {"inference", "inference-canary"}
+
+
+def _runs_an_updater(
+    container: dict[str, Any], objects: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> bool:
+    if container.get("command") == UPDATER_COMMAND:
+        return True
+    assert model.is_server(container), container.get("command")
+    return bool(_settings("inference", container, objects, monkeypatch).run_feature_updater)
+
+
+def test_exactly_one_feature_updater_runs(
+    objects: list[Obj], overlay_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inference/updater.py assigns itself every partition of `events` (the consumer group gets
+    commits only): N updaters would each read and try to apply every event. So exactly one pod
+    runs it: the one inference pod in dev, inference-features (one replica, Recreate) where the
+    HPA scales inference (prod); never the autoscaled pool or the canary."""
+    updaters = {
+        name: workload
+        for name, (workload, container) in _inference_containers(objects).items()
+        if _runs_an_updater(container, objects, monkeypatch)
+    }
+    expected = "inference" if overlay_name == "dev" else "inference-features"
+    assert set(updaters) == {expected}
+    (workload,) = updaters.values()
+    assert model.replicas(objects, workload.obj) == 1, "no HPA, one replica"
+    if expected == "inference-features":
+        assert workload.obj["spec"]["strategy"]["type"] == "Recreate"
+        assert model.replicas(objects, model.find(objects, "Deployment", "inference")) is None
+
+
+def test_the_feature_updater_process_is_probed_on_metrics(
+    prod: list[Obj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m inference.updater` serves no API: only prometheus_client's metrics server,
+    on --metrics-port (default: STREAMREC_INFERENCE_PORT), which answers on every path. No
+    readiness probe (no Service); startup and liveness on the metrics port."""
+    workload, container = _inference_containers(prod)["inference-features"]
+    assert container["command"] == UPDATER_COMMAND
+    assert "args" not in container
+    updater = importlib.import_module("inference.updater")
+    assert callable(updater.main)
+    (port,) = container["ports"]
+    settings = _settings("inference", container, prod, monkeypatch)
+    assert port["containerPort"] == settings.port
+    assert "readinessProbe" not in container
+    for kind in ("startupProbe", "livenessProbe"):
+        http = container[kind]["httpGet"]
+        assert http["port"] == port["name"], kind
+        assert http["path"] == "/metrics", kind
+    assert workload.pod_spec["terminationGracePeriodSeconds"] > 5  # the final commit waits 5 s
+    # The settings the features are written with are the ones the serving pods read them with.
+    _, serving = _servers(prod)["inference"]
+    refs = [r["configMapRef"]["name"] for r in container["envFrom"]]
+    assert refs == [r["configMapRef"]["name"] for r in serving["envFrom"]]
