@@ -41,6 +41,7 @@ from inference.config import InferenceSettings
 
 log = logging.getLogger(__name__)
 ARTIFACT_FILES = (MANIFEST, ITEMS, WEIGHTS)
+CACHED_VERSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,21 @@ class ModelHolder:
             cache.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(cache, ignore_errors=True)
             staging.rename(cache)
+            self._prune_cache(keep=cache)
             return cache
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _prune_cache(self, keep: Path) -> None:
+        """Keep the newest few downloaded versions: the cache is a bounded volume, and a pod
+        that publishes every few seconds would otherwise fill it."""
+        folders = sorted(
+            (p for p in keep.parent.iterdir() if p.is_dir() and p != keep),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in folders[CACHED_VERSIONS - 1 :]:
+            shutil.rmtree(stale, ignore_errors=True)
 
     async def load(self, record: dict[str, Any]) -> bool:
         """Fetch, verify, warm and swap in ``record``'s version; False if refused."""
