@@ -13,8 +13,9 @@ artifact store in the same folder). Creates the spec ``fresh`` (item pooling, de
 hyperparameters), requests an incremental run publishing every ``--publish-every-s`` seconds,
 posts a warm-up history and waits until a version covers it, then drives an open-loop load:
 batches of ``--batch`` events at fixed times (``--rate`` events/s for ``--seconds``), from
-``DriftingClickstream``, with client ``event_id``s. A consumer on the control topic in the same asyncio loop (so both sides read the
-same ``time.monotonic()``) timestamps each announcement. The load goes on, unmeasured, after the
+``DriftingClickstream``, with client ``event_id``s. A consumer on the control topic and a
+poller of inference's ``/v1/model``, in the same asyncio loop (so all read the same
+``time.monotonic()``), timestamp each announcement and each swap. The load goes on, unmeasured, after the
 measured window until two versions cover every measured event (bounded), so the last events see
 the same steady stream as the first ones.
 
