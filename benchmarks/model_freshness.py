@@ -7,17 +7,16 @@ control topic, of the first ``model_published`` whose ``trained_through[partitio
 ``/v1/model``, polled every 10 ms: what a frontend gets). Target (trainer issue): p99 <= 10 s
 to a served version.
 
-Starts its own Kafka (KRaft) and Redis in a temporary folder and the ingest, trainer and
-inference services as uvicorn processes (one each, as in a pod; SQLite registry and directory
-artifact store in the same folder). Creates the spec ``fresh`` (item pooling, default
-hyperparameters), requests an incremental run publishing every ``--publish-every-s`` seconds,
-posts a warm-up history and waits until a version covers it, then drives an open-loop load:
-batches of ``--batch`` events at fixed times (``--rate`` events/s for ``--seconds``), from
-``DriftingClickstream``, with client ``event_id``s. A consumer on the control topic and a
-poller of inference's ``/v1/model``, in the same asyncio loop (so all read the same
-``time.monotonic()``), timestamp each announcement and each swap. The load goes on, unmeasured, after the
-measured window until two versions cover every measured event (bounded), so the last events see
-the same steady stream as the first ones.
+Starts its own Kafka (KRaft) and Redis in a temporary folder and the ingest, trainer and inference
+services as uvicorn processes (one each, as in a pod; SQLite registry and directory artifact store
+in the same folder). Creates the spec ``fresh`` (item pooling, default hyperparameters), requests
+an incremental run publishing every ``--publish-every-s`` seconds, posts a warm-up history and
+waits until a version covers it, then drives an open-loop load: batches of ``--batch`` events at
+fixed times (``--rate`` events/s for ``--seconds``), from ``DriftingClickstream``, with client
+``event_id``s. A consumer on the control topic and a poller of inference's ``/v1/model``, in the
+same asyncio loop (so all read the same ``time.monotonic()``), timestamp each announcement and each
+swap. The load goes on, unmeasured, after the measured window until two versions cover every
+measured event (bounded), so the last events see the same steady stream as the first ones.
 
 Caveat, measured rather than hidden: the run holds out a ``validation.rate`` share of events for
 the publish gate; they are scored first and trained into the NEXT version, while
