@@ -35,11 +35,16 @@ def up(
         raise typer.Exit(1) from None
     _print_status(stack)
     ingest = stack.service("ingest").url
+    trainer = stack.service("trainer").url
+    inference = stack.service("inference").url
     console.print(
         "\nTry it:\n"
         f"  curl -s -X POST {ingest}/v1/events -H 'content-type: application/json' \\\n"
         '       -d \'{"user_id": "u1", "item_id": "i42", "type": "click"}\'\n'
-        f"Console (gateway): {stack.service('gateway').url}/   API docs: {ingest}/docs\n"
+        f"  curl -s '{inference}/v1/recommendations?user_id=u1&k=5'\n"
+        f"  curl -s {trainer}/v1/specs/default/versions/latest   # the demo model, retrained live\n"
+        f"Console (gateway): {stack.service('gateway').url}/   API docs: {ingest}/docs,"
+        f" {trainer}/docs, {inference}/docs\n"
         "Stop everything with: make down"
     )
 
