@@ -13,6 +13,7 @@ from streamrec_shared.schemas.control import (
     BoundedStream,
     CandidateRejected,
     ControlDecodeError,
+    ControlMessageBase,
     DeploymentChanged,
     FollowStream,
     ModelPublished,
@@ -24,7 +25,6 @@ from streamrec_shared.schemas.control import (
     TrainingStarted,
     TrainRequested,
     ValidationPolicy,
-    _Message,
     decode_control,
 )
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters, ItemPoolingSpec
@@ -62,7 +62,7 @@ def batch_request(**overrides: Any) -> TrainRequested:
     return TrainRequested(**fields)
 
 
-ALL_MESSAGES: list[_Message] = [
+ALL_MESSAGES: list[ControlMessageBase] = [
     batch_request(),
     TrainRequested(
         spec_id="movies",
@@ -100,7 +100,7 @@ def test_every_control_type_has_a_round_trip_case() -> None:
 
 
 @pytest.mark.parametrize("message", ALL_MESSAGES, ids=lambda m: m.type)
-def test_encode_then_decode_is_identity(message: _Message) -> None:
+def test_encode_then_decode_is_identity(message: ControlMessageBase) -> None:
     decoded = decode_control(message.encode())
     assert decoded == message
     assert type(decoded) is type(message)
@@ -263,7 +263,7 @@ def test_messages_are_frozen() -> None:
 
 
 @pytest.mark.parametrize("message", ALL_MESSAGES, ids=lambda m: m.type)
-def test_subject_key_is_the_spec_id(message: _Message) -> None:
+def test_subject_key_is_the_spec_id(message: ControlMessageBase) -> None:
     assert message.subject_key() == b"movies"
 
 

@@ -17,6 +17,7 @@ from streamrec_shared.http import ApiError
 from streamrec_shared.kafka import KafkaUnavailableError, partition_bounds
 from streamrec_shared.schemas.control import (
     BoundedStream,
+    ControlMessageBase,
     FollowStream,
     OffsetRange,
     PublishPolicy,
@@ -24,7 +25,6 @@ from streamrec_shared.schemas.control import (
     TrainingMode,
     TrainRequested,
     ValidationPolicy,
-    _Message,
 )
 from streamrec_shared.schemas.errors import ErrorDetail
 from streamrec_shared.schemas.models import ModelSpec, ModelSpecIn, SpecId
@@ -86,7 +86,7 @@ def _not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
-async def _send(state: TrainerState, message: _Message) -> None:
+async def _send(state: TrainerState, message: ControlMessageBase) -> None:
     try:
         future = await state.services.producer.send(
             state.settings.topics.control, message.encode(), key=message.subject_key()

@@ -39,13 +39,13 @@ from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
 from streamrec_shared.schemas.control import (
     BoundedStream,
     CandidateRejected,
+    ControlMessageBase,
     FollowStream,
     ModelPublished,
     TrainingFailed,
     TrainingFinished,
     TrainingMode,
     TrainRequested,
-    _Message,
 )
 from streamrec_shared.schemas.events import Interaction, decode_interaction
 
@@ -194,7 +194,7 @@ class TrainingRun:
     async def _finish(self, status: RunStatus, error: str | None) -> None:
         self.progress.phase = status.value
         await self._registry(self.services.registry.finish_run, self.run_id, status, error)
-        message: _Message
+        message: ControlMessageBase
         if status is RunStatus.FAILED:
             message = TrainingFailed(
                 run_id=self.run_id, spec_id=self.spec_id, error=(error or "")[:4000]
@@ -208,7 +208,7 @@ class TrainingRun:
             )
         await self._announce(message, give_up_on_stop=False)
 
-    async def _announce(self, message: _Message, give_up_on_stop: bool = True) -> None:
+    async def _announce(self, message: ControlMessageBase, give_up_on_stop: bool = True) -> None:
         """Put a message on the control topic and wait for the broker's acknowledgement.
 
         Retries while Kafka is unavailable: a version is only announced once, and inference

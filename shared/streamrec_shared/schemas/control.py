@@ -36,7 +36,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Message(BaseModel):
+class ControlMessageBase(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     type: str
@@ -130,7 +130,7 @@ class PublishPolicy(BaseModel):
     every_s: float = Field(default=5.0, gt=0, le=86_400)
 
 
-class TrainRequested(_Message):
+class TrainRequested(ControlMessageBase):
     type: Literal["train_requested"] = "train_requested"
     run_id: RunId = Field(default_factory=lambda: uuid.uuid4().hex)
     spec_id: SpecId
@@ -155,20 +155,20 @@ class TrainRequested(_Message):
         return self
 
 
-class StopRequested(_Message):
+class StopRequested(ControlMessageBase):
     type: Literal["stop_requested"] = "stop_requested"
     run_id: RunId
     spec_id: SpecId
 
 
-class TrainingStarted(_Message):
+class TrainingStarted(ControlMessageBase):
     type: Literal["training_started"] = "training_started"
     run_id: RunId
     spec_id: SpecId
     resumed_from: Offsets = Field(default_factory=dict)
 
 
-class ModelPublished(_Message):
+class ModelPublished(ControlMessageBase):
     type: Literal["model_published"] = "model_published"
     spec_id: SpecId
     version: int = Field(ge=1)
@@ -183,7 +183,7 @@ class ModelPublished(_Message):
     baseline_metrics: dict[str, float] | None = None
 
 
-class CandidateRejected(_Message):
+class CandidateRejected(ControlMessageBase):
     type: Literal["candidate_rejected"] = "candidate_rejected"
     spec_id: SpecId
     run_id: RunId
@@ -192,14 +192,14 @@ class CandidateRejected(_Message):
     baseline_metrics: dict[str, float] | None = None
 
 
-class TrainingFailed(_Message):
+class TrainingFailed(ControlMessageBase):
     type: Literal["training_failed"] = "training_failed"
     run_id: RunId
     spec_id: SpecId
     error: str = Field(max_length=4000)
 
 
-class TrainingFinished(_Message):
+class TrainingFinished(ControlMessageBase):
     type: Literal["training_finished"] = "training_finished"
     run_id: RunId
     spec_id: SpecId
@@ -207,7 +207,7 @@ class TrainingFinished(_Message):
     events_trained: int = Field(ge=0)
 
 
-class DeploymentChanged(_Message):
+class DeploymentChanged(ControlMessageBase):
     """Which versions serve traffic (the gateway's canary split acts on it)."""
 
     type: Literal["deployment_changed"] = "deployment_changed"
@@ -230,7 +230,7 @@ ControlMessage = Annotated[
     | DeploymentChanged,
     Field(discriminator="type"),
 ]
-_MESSAGE_CLASSES: tuple[type[_Message], ...] = (
+_MESSAGE_CLASSES: tuple[type[ControlMessageBase], ...] = (
     TrainRequested,
     StopRequested,
     TrainingStarted,
