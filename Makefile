@@ -49,3 +49,7 @@ bench-freshness: setup ## Model freshness: event 202 -> model_published covering
 
 clean: down ## Stop the stack and remove run data (.run/)
 	@rm -rf .run
+
+.PHONY: bench-eval
+bench-eval: setup ## Recommendation quality of the in-process peers (ML-100K if present, synthetic)
+	@$(PY) benchmarks/evaluation.py

@@ -133,5 +133,140 @@ async def _demo(ingest_url: str, rate: float, limit: int) -> None:
     console.print(f"demo: sent {sent} events")
 
 
+# --- evaluation (issue 5): in-process peers and the prequential replay through the stack ---
+
+
+_DATASET_HELP = "synthetic (the drifting stream), ml-100k (../shared/datasets), or a file path."
+_FORMAT_HELP = "auto, ml-100k (u.data), movielens-csv (ratings.csv), csv (named columns)."
+
+
+@app.command()
+def evaluate(
+    dataset: str = typer.Option("synthetic", help=_DATASET_HELP),
+    data_format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    user_column: str = typer.Option("user_id", help="csv: the user column."),
+    item_column: str = typer.Option("item_id", help="csv: the item column."),
+    timestamp_column: str = typer.Option("timestamp", help="csv: unix seconds or ISO 8601."),
+    value_column: str | None = typer.Option(None, help="csv: an optional rating column."),
+    arms: str = typer.Option("peers", help="'peers' (every in-process peer) or peer names, a,b."),
+    limit: int = typer.Option(0, help="Only the first N interactions in time order (0: all)."),
+    out: str | None = typer.Option(
+        None, help="Results folder [benchmarks/results/evaluation/<dataset>]."
+    ),
+) -> None:
+    """Prequential evaluation of the in-process peers: table, JSON and plots."""
+    from pathlib import Path
+
+    from streamrec_dev.evaluation.report import markdown_table
+    from streamrec_dev.evaluation.runner import (
+        describe_dataset,
+        evaluate_and_report,
+        load_limited,
+        peer_arms,
+    )
+
+    try:
+        loaded = load_limited(
+            dataset, data_format, user_column, item_column, timestamp_column, value_column, limit
+        )
+    except (OSError, ValueError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(describe_dataset(loaded))
+    try:
+        chosen = peer_arms(None if arms == "peers" else arms.split(","))
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    results, folder = evaluate_and_report(
+        loaded, chosen, out_dir=Path(out) if out else None, console=console
+    )
+    typer.echo(markdown_table(results))
+    console.print(f"wrote {folder}")
+
+
+@app.command()
+def replay(
+    dataset: str = typer.Option("synthetic", help=_DATASET_HELP),
+    data_format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    user_column: str = typer.Option("user_id", help="csv: the user column."),
+    item_column: str = typer.Option("item_id", help="csv: the item column."),
+    timestamp_column: str = typer.Option("timestamp", help="csv: unix seconds or ISO 8601."),
+    value_column: str | None = typer.Option(None, help="csv: an optional rating column."),
+    ingest_url: str = typer.Option("http://127.0.0.1:8001", help="Ingest base URL."),
+    inference_url: str = typer.Option("http://127.0.0.1:8003", help="Inference base URL."),
+    rate: float = typer.Option(0.0, help="Evaluated events per second (0: as fast as possible)."),
+    arm: str = typer.Option("stack", help="Name of this arm in the results."),
+    id_prefix: str = typer.Option("", help="Prefix for user and item ids (isolates runs)."),
+    wait_model: bool = typer.Option(
+        True, help="After posting the history, wait for inference to serve a new model version."
+    ),
+    ready_timeout: float = typer.Option(600.0, help="How long to wait for that version (s)."),
+    limit: int = typer.Option(0, help="Only the first N interactions in time order (0: all)."),
+    out: str | None = typer.Option(
+        None, help="Results folder [benchmarks/results/evaluation/<dataset>/replay-<arm>]."
+    ),
+) -> None:
+    """Replay a time-ordered file through the real HTTP API, scoring it test-then-train."""
+    from pathlib import Path
+
+    from streamrec_dev.evaluation.protocol import ProtocolConfig, split_point
+    from streamrec_dev.evaluation.protocol import evaluate as run_protocol
+    from streamrec_dev.evaluation.replay import HttpRecommender, ReplayError, wait_for_new_model
+    from streamrec_dev.evaluation.report import RESULTS_DIR, markdown_table, write_report
+    from streamrec_dev.evaluation.runner import describe_dataset, load_limited, progress_bar
+
+    try:
+        loaded = load_limited(
+            dataset, data_format, user_column, item_column, timestamp_column, value_column, limit
+        )
+    except (OSError, ValueError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(describe_dataset(loaded))
+    config = ProtocolConfig()
+    total = len(loaded.interactions)
+    try:
+        ready = wait_for_new_model(inference_url, ready_timeout) if wait_model else None
+    except (httpx.HTTPError, ValueError) as error:
+        console.print(f"[red]inference at {inference_url} does not answer: {error}[/red]")
+        raise typer.Exit(1) from None
+    with progress_bar(console) as progress:
+        history = progress.add_task("history -> ingest", total=split_point(total, 0.5))
+        scoring = progress.add_task(f"{arm}: test-then-train", total=total)
+        stack = HttpRecommender(
+            ingest_url,
+            inference_url,
+            ready=ready,
+            rate=rate or None,
+            id_prefix=id_prefix,
+            history_progress=lambda count: progress.advance(history, count),
+        )
+        try:
+            result = run_protocol(
+                arm,
+                stack,
+                loaded.interactions,
+                dataset=loaded.name,
+                config=config,
+                progress=lambda count: progress.advance(scoring, count),
+            )
+        except ReplayError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from None
+        finally:
+            stack.close()
+    folder = write_report(
+        [result],
+        loaded.name,
+        loaded.source,
+        Path(out) if out else RESULTS_DIR / loaded.name / f"replay-{arm}",
+        extra={"replay": {"ingest_url": ingest_url, "inference_url": inference_url, "rate": rate}},
+        marks=loaded.marks,
+    )
+    typer.echo(markdown_table([result]))
+    console.print(f"wrote {folder}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,238 @@
+"""The fixed prequential protocol every arm is scored on, in-process peers and the stack alike.
+
+1. Sort by timestamp (stable; the readers do). The first ``history_fraction`` (50 %) is history:
+   ``fit_history`` gets all of it before any evaluation.
+2. Every later interaction (u, i), in order, is *test-then-train*: ask ``recommend(u, K=20,
+   exclude=items u touched so far)``, score the list, then ``observe`` the interaction.
+3. Scoring is full ranking over the whole catalogue the recommender knows, expressed through its
+   top-K list: a hit at K if i is among the first K items, NDCG@K = 1 / log2(position + 2) (0 for a
+   miss), so a target the recommender does not know, or ranks below K, is a miss.
+   HR@10/20 and NDCG@10/20 are averaged over scored interactions
+   (``streamrec_shared.ranking.rank_metrics``: the trainer's gate uses the same function).
+4. A repeat (u touches an item they touched before) cannot be scored, since touched items are
+   excluded: it is observed but not scored, as in the trainer's held-out sample. MovieLens has
+   none; the synthetic stream has many and reports their count.
+5. The evaluated part is also cut into ``windows`` (20: 5 % each, by stream position) for the
+   curve over time, and split into users with history (seen in the first half) and cold users.
+
+The protocol cleans what a recommender returns (drops excluded items and duplicates, truncates to
+K), so a remote service whose features lag a little is scored exactly like a peer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import orjson
+from streamrec_shared.ranking import rank_metrics
+
+from streamrec_dev.evaluation.data import Interaction
+
+PROGRESS_EVERY = 500
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """What an arm implements; ``exclude`` is the protocol's own set: read it, never keep it."""
+
+    def fit_history(self, interactions: Sequence[Interaction]) -> None: ...
+
+    def recommend(self, user: str, k: int, exclude: set[str]) -> list[str]: ...
+
+    def observe(self, interaction: Interaction) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    history_fraction: float = 0.5
+    k: int = 20
+    cutoffs: tuple[int, ...] = (10, 20)
+    windows: int = 20
+    score_repeats: bool = False  # score repeats (always misses) instead of skipping them
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.history_fraction < 1.0:
+            raise ValueError("history_fraction must be in [0, 1)")
+        if max(self.cutoffs) > self.k:
+            raise ValueError("every cutoff must be <= k")
+        if self.windows < 1:
+            raise ValueError("windows must be >= 1")
+
+
+@dataclass
+class WindowResult:
+    index: int
+    start: int  # stream positions [start, end) of the whole stream
+    end: int
+    first_timestamp: float
+    last_timestamp: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class EvaluationResult:
+    arm: str
+    dataset: str
+    config: ProtocolConfig
+    interactions: int
+    history: int
+    evaluated: int  # interactions after the history
+    scored: int  # evaluated minus skipped repeats
+    repeats: int  # interactions with an item the user touched before
+    unknown_targets: int  # scored targets that no earlier interaction mentioned (new items)
+    cold_scored: int  # scored interactions of users absent from the history
+    metrics: dict[str, float]
+    cold_metrics: dict[str, float]
+    warm_metrics: dict[str, float]
+    windows: list[WindowResult]
+    fit_s: float
+    evaluate_s: float
+    recommend_s: float  # total time inside recommend()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runtime_s(self) -> float:
+        return self.fit_s + self.evaluate_s
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["runtime_s"] = self.runtime_s
+        return data
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        data = dict(data)
+        data.pop("runtime_s", None)
+        config = dict(data.pop("config"))
+        config["cutoffs"] = tuple(config["cutoffs"])
+        windows = [WindowResult(**window) for window in data.pop("windows")]
+        return cls(config=ProtocolConfig(**config), windows=windows, **data)
+
+
+def clean_top_k(recommended: Sequence[str], exclude: set[str], k: int) -> list[str]:
+    """What the protocol scores: excluded items and duplicates dropped, the first ``k`` kept."""
+    kept: list[str] = []
+    taken: set[str] = set()
+    for item in recommended:
+        if item in exclude or item in taken:
+            continue
+        kept.append(item)
+        taken.add(item)
+        if len(kept) == k:
+            break
+    return kept
+
+
+def split_point(count: int, history_fraction: float) -> int:
+    return int(count * history_fraction)
+
+
+def evaluate(
+    arm: str,
+    recommender: Recommender,
+    interactions: Sequence[Interaction],
+    *,
+    dataset: str = "",
+    config: ProtocolConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvaluationResult:
+    """Run the protocol; ``progress`` is called with the number of interactions advanced."""
+    config = config or ProtocolConfig()
+    total = len(interactions)
+    split = split_point(total, config.history_fraction)
+    history = interactions[:split]
+
+    started = time.perf_counter()
+    recommender.fit_history(history)
+    fit_s = time.perf_counter() - started
+    if progress:
+        progress(split)
+
+    touched: dict[str, set[str]] = {}
+    for row in history:
+        touched.setdefault(row.user, set()).add(row.item)
+    warm_users = set(touched)
+    catalogue = {row.item for row in history}
+
+    evaluated = total - split
+    ranks = np.full(evaluated, np.inf)
+    scored = np.zeros(evaluated, dtype=bool)
+    cold = np.zeros(evaluated, dtype=bool)
+    unknown_targets = 0
+    repeats = 0
+    recommend_s = 0.0
+    k = config.k
+    clock = time.perf_counter
+    started = clock()
+    for position in range(evaluated):
+        row = interactions[split + position]
+        seen = touched.get(row.user)
+        if seen is None:
+            seen = touched[row.user] = set()
+        repeat = row.item in seen
+        repeats += repeat
+        if not repeat or config.score_repeats:
+            asked = clock()
+            recommended = recommender.recommend(row.user, k, seen)
+            recommend_s += clock() - asked
+            top = clean_top_k(recommended, seen, k)
+            if row.item in top:
+                ranks[position] = top.index(row.item)
+            scored[position] = True
+            cold[position] = row.user not in warm_users
+            if row.item not in catalogue:
+                unknown_targets += 1
+        recommender.observe(row)
+        seen.add(row.item)
+        catalogue.add(row.item)
+        if progress and (position + 1) % PROGRESS_EVERY == 0:
+            progress(PROGRESS_EVERY)
+    evaluate_s = clock() - started
+    if progress and evaluated % PROGRESS_EVERY:
+        progress(evaluated % PROGRESS_EVERY)
+
+    windows = []
+    bounds = [round(evaluated * w / config.windows) for w in range(config.windows + 1)]
+    for index in range(config.windows):
+        low, high = bounds[index], bounds[index + 1]
+        if high <= low:
+            continue
+        mask = scored[low:high]
+        windows.append(
+            WindowResult(
+                index=index,
+                start=split + low,
+                end=split + high,
+                first_timestamp=interactions[split + low].timestamp,
+                last_timestamp=interactions[split + high - 1].timestamp,
+                metrics=rank_metrics(ranks[low:high][mask], config.cutoffs),
+            )
+        )
+    stats = getattr(recommender, "stats", None)
+    return EvaluationResult(
+        arm=arm,
+        dataset=dataset,
+        config=config,
+        interactions=total,
+        history=split,
+        evaluated=evaluated,
+        scored=int(scored.sum()),
+        repeats=repeats,
+        unknown_targets=unknown_targets,
+        cold_scored=int(cold.sum()),
+        metrics=rank_metrics(ranks[scored], config.cutoffs),
+        cold_metrics=rank_metrics(ranks[scored & cold], config.cutoffs),
+        warm_metrics=rank_metrics(ranks[scored & ~cold], config.cutoffs),
+        windows=windows,
+        fit_s=fit_s,
+        evaluate_s=evaluate_s,
+        recommend_s=recommend_s,
+        extra=dict(stats()) if callable(stats) else {},
+    )
