@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring clean
+.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-inference clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench-scoring: setup ## Scoring one user: NumPy vs tf.function vs Keras predict
 
 bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
 	@$(PY) benchmarks/model_freshness.py
+
+bench-inference: setup ## Recommendation latency, open loop, 1,000 events/s ingested meanwhile (~5 min)
+	@$(PY) benchmarks/inference_latency.py
 
 clean: down ## Stop the stack and remove run data (.run/)
 	@rm -rf .run
