@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -484,19 +484,28 @@ class TrainingRun:
 
     # --- consuming -----------------------------------------------------------------------
 
-    async def _consumer(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    async def _consumer(
+        self, only: Collection[int] | None = None
+    ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        """A consumer assigned (once: reassigning under a group trips aiokafka's coordinator)
+        to the stream's partitions, or to those of ``only`` that exist."""
         settings = self.services.settings
+        topic = self.request.stream.topic
+        try:
+            partitions = await topic_partitions(settings.kafka, topic)
+        except KeyError:
+            raise ValueError(f"topic {topic!r} does not exist") from None
+        if only is not None:
+            unknown = sorted(set(only) - set(partitions))
+            if unknown:
+                raise ValueError(f"partitions {unknown} do not exist in {topic!r}")
+            partitions = sorted(only)
         consumer = build_consumer(
             settings.kafka,
             group_id=self.group_id,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
-        topic = self.request.stream.topic
-        try:
-            partitions = await topic_partitions(settings.kafka, topic)
-        except KeyError:
-            raise ValueError(f"topic {topic!r} does not exist") from None
         await consumer.start()
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
@@ -603,14 +612,9 @@ class TrainingRun:
         if not isinstance(stream, BoundedStream):
             raise TypeError("batch runs read a bounded range")
         await self._in_worker(self._prepare, False)
-        consumer, assigned = await self._consumer()
+        consumer, wanted = await self._consumer(only=stream.partitions)
         records: list[Record] = []
         try:
-            by_partition = {tp.partition: tp for tp in assigned}
-            unknown = sorted(set(stream.partitions) - set(by_partition))
-            if unknown:
-                raise ValueError(f"partitions {unknown} do not exist in {stream.topic!r}")
-            wanted = [by_partition[p] for p in stream.partitions]
             ends = await consumer.end_offsets(wanted)
             begins = await consumer.beginning_offsets(wanted)
             for tp in wanted:
@@ -620,7 +624,6 @@ class TrainingRun:
                         f"partition {tp.partition}: range [{window.start}, {window.end}) is outside"
                         f" the stored [{begins[tp]}, {ends[tp]})"
                     )
-            consumer.assign([tp for tp in wanted if stream.partitions[tp.partition].end > 0])
             remaining = {
                 tp: stream.partitions[tp.partition]
                 for tp in wanted
