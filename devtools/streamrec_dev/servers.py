@@ -616,6 +616,20 @@ class ServiceServer(ManagedProcess):
             return False
 
 
+@dataclass
+class ModuleServer(ServiceServer):
+    """A project process that is not a web app (``python -m <module> <args>``), such as the
+    feature updater, but serves its metrics over HTTP: started, probed and stopped like the
+    services."""
+
+    module: str = ""
+    args: tuple[str, ...] = ()
+    health_path: str = "/metrics"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
 def stop_all(servers: Sequence[ManagedProcess]) -> None:
     for server in reversed(servers):
         server.stop()

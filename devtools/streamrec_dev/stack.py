@@ -18,6 +18,7 @@ from streamrec_dev.servers import (
     REPO_ROOT,
     KafkaServer,
     ManagedProcess,
+    ModuleServer,
     RedisServer,
     ServiceServer,
 )
@@ -32,6 +33,7 @@ class StackPorts:
     ingest: int = 8001
     trainer: int = 8002
     inference: int = 8003
+    features: int = 8004
 
 
 # Services in start order; each entry: name -> (app factory, port attribute).
@@ -79,6 +81,9 @@ class LocalStack:
             "STREAMREC_INFERENCE_ARTIFACTS_DIR": str(self.run_dir / "artifacts"),
             "STREAMREC_INFERENCE_ARTIFACT_CACHE_DIR": str(self.run_dir / "model-cache"),
             "STREAMREC_INFERENCE_SPEC_ID": DEMO_SPEC,
+            # The feature updater runs as its own process (as in production), so it never
+            # shares an event loop (or the GIL) with the requests it serves.
+            "STREAMREC_INFERENCE_RUN_FEATURE_UPDATER": "false",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
 
@@ -94,6 +99,18 @@ class LocalStack:
             )
             for name, factory in SERVICES.items()
         }
+
+    @cached_property
+    def features(self) -> ModuleServer:
+        port = self.ports.features
+        return ModuleServer(
+            name="features",
+            home=self.run_dir / "services",
+            port=port,
+            module="inference.updater",
+            args=("--metrics-port", str(port), "--metrics-host", "127.0.0.1"),
+            env=self.service_env(),
+        )
 
     def service(self, name: str) -> ServiceServer:
         return self._services[name]
@@ -112,7 +129,7 @@ class LocalStack:
         )
 
     def all(self) -> list[ManagedProcess]:
-        return [self.kafka, self.redis, *self.services(), self.demo]
+        return [self.kafka, self.redis, *self.services(), self.features, self.demo]
 
     def up(self, demo: bool = True, progress: Callable[[str], None] = print) -> None:
         """Start whatever is not running yet, in dependency order (idempotent)."""
@@ -120,7 +137,7 @@ class LocalStack:
             progress(f"{infra.name}: {'started' if infra.start(timeout=90) else 'already running'}")
         topics = self.create_topics()
         progress("topics: " + ", ".join(f"{name} ({state})" for name, state in topics.items()))
-        for server in [*self.services(), *([self.demo] if demo else [])]:
+        for server in [*self.services(), self.features, *([self.demo] if demo else [])]:
             progress(f"{server.name}: {'started' if server.start() else 'already running'}")
         if demo:
             progress(f"training: {self.ensure_training()}")

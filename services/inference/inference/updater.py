@@ -349,11 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.port,
         help="serve Prometheus metrics on this port (0: none)",
     )
+    parser.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",  # noqa: S104 - in a container; local runs pass 127.0.0.1
+        help="address the metrics server binds",
+    )
     args = parser.parse_args(argv)
     configure_logging(settings.log, "inference-features")
     registry = CollectorRegistry()
     if args.metrics_port:
-        start_http_server(args.metrics_port, registry=registry)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
 
     async def serve() -> None:
         stop = asyncio.Event()
