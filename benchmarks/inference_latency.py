@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO))
 from streamrec_dev.servers import (  # noqa: E402
     KafkaServer,
     ManagedProcess,
+    ModuleServer,
     RedisServer,
     ServiceServer,
     ensure_debian_package,
@@ -822,11 +823,12 @@ async def poll(
     raise TimeoutError(f"{what}: not within {timeout_s:.0f}s (last error: {last!r})")
 
 
-async def scrape(client: httpx.AsyncClient) -> dict[str, Any]:
-    """Freshness buckets (cumulative), sum and count, and answers by path."""
-    text = (await client.get("/metrics", timeout=30)).text
+async def scrape(*clients: httpx.AsyncClient) -> dict[str, Any]:
+    """Freshness buckets (cumulative), sum and count (the feature updater's), and answers by
+    path (inference's), from every given ``/metrics``."""
+    texts = [(await client.get("/metrics", timeout=30)).text for client in clients]
     out: dict[str, Any] = {"buckets": {}, "sum": 0.0, "count": 0.0, "paths": {}}
-    for family in text_string_to_metric_families(text):
+    for family in (f for text in texts for f in text_string_to_metric_families(text)):
         for sample in family.samples:
             if sample.name == f"{FRESHNESS}_bucket":
                 out["buckets"][float(sample.labels["le"])] = sample.value
@@ -872,6 +874,21 @@ class Stack:
     env: dict[str, str]
     servers: list[ManagedProcess]
 
+    def updater(self) -> ModuleServer:
+        """The feature updater as its own process (the production layout): it never shares an
+        event loop or the GIL with the requests being measured."""
+        port = free_port()
+        server = ModuleServer(
+            name="features",
+            home=self.home / "svc",
+            port=port,
+            module="inference.updater",
+            args=("--metrics-port", str(port), "--metrics-host", "127.0.0.1"),
+            env=self.env,
+        )
+        self.servers.append(server)
+        return server
+
     def inference(self, name: str, spec_id: str) -> ServiceServer:
         server = ServiceServer(
             name=name,
@@ -884,6 +901,7 @@ class Stack:
                 "STREAMREC_INFERENCE_TRAINER_URL": self.trainer.url,
                 "STREAMREC_INFERENCE_ARTIFACTS_DIR": str(self.home / "artifacts"),
                 "STREAMREC_INFERENCE_ARTIFACT_CACHE_DIR": str(self.home / f"cache-{name}"),
+                "STREAMREC_INFERENCE_RUN_FEATURE_UPDATER": "false",
             },
         )
         self.servers.append(server)
@@ -1017,6 +1035,7 @@ async def wait_serving(
 async def latency_section(
     options: argparse.Namespace,
     http: httpx.AsyncClient,
+    updater: httpx.AsyncClient,
     port: int,
     trivial_port: int | None,
     redis_url: str | None,
@@ -1029,12 +1048,12 @@ async def latency_section(
     window (during a baseline's window inference only runs its feature updater)."""
     connections, timeout = options.connections, options.timeout_s
     rows: list[dict[str, Any]] = []
-    first = last = await scrape(http)
+    first = last = await scrape(http, updater)
 
     async def window(load: Load, rate: float, jobs: list[Job]) -> None:
         nonlocal last
         row = await measure(load, rate, options.seconds, jobs)
-        now = await scrape(http)
+        now = await scrape(http, updater)
         row["feature_freshness"] = freshness_between(last, now)
         last = now
         rows.append(row)
@@ -1105,6 +1124,19 @@ async def run_benchmark(
     options: argparse.Namespace,
     stack: Stack,
     inference: ServiceServer,
+    features: ModuleServer,
+    background: Background,
+    problems_from: list[Path],
+) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=features.url, timeout=30) as updater:
+        return await _run_benchmark(options, stack, inference, updater, background, problems_from)
+
+
+async def _run_benchmark(
+    options: argparse.Namespace,
+    stack: Stack,
+    inference: ServiceServer,
+    updater: httpx.AsyncClient,
     background: Background,
     problems_from: list[Path],
 ) -> dict[str, Any]:
@@ -1164,6 +1196,7 @@ async def run_benchmark(
         section_a = await latency_section(
             options,
             http,
+            updater,
             inference.port,
             stack.trivial.port,
             stack.redis_url,
@@ -1223,7 +1256,15 @@ async def run_benchmark(
             )
             await background.start(cat_b.users, cat_b.items, options.seed + 1)
             section_b = await latency_section(
-                options, http, inference_b.port, None, None, cat_b.users, options.rates_100k, "b"
+                options,
+                http,
+                updater,
+                inference_b.port,
+                None,
+                None,
+                cat_b.users,
+                options.rates_100k,
+                "b",
             )
             load_b = background.stop()
         for row in section_b["rows"]:
@@ -1441,11 +1482,14 @@ def main() -> None:
     servers: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory(prefix="streamrec-latency-") as tmp:
         home = Path(tmp)
-        logs = [home / "svc" / f"{name}.log" for name in ("inference", "trainer", "ingest")]
+        logs = [
+            home / "svc" / f"{name}.log" for name in ("inference", "trainer", "ingest", "features")
+        ]
         background: Background | None = None
         try:
             stack = start_stack(home, servers)
             inference = stack.inference("inference", SPEC_A)
+            features = stack.updater()
             # Service start-ups are mostly imports (TF in the trainer): overlap them; inference
             # once the registry (the trainer) answers.
             with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
@@ -1453,10 +1497,13 @@ def main() -> None:
                 for started in [pool.submit(s.start, 120) for s in services]:
                     started.result()
             inference.start(timeout=120)
+            features.start(timeout=60)
             print(f"servers up in {time.monotonic() - began:.0f}s", flush=True)
             background = Background(stack.ingest.url, options.ingest_rate, options.ingest_batch)
             with asyncio.Runner(loop_factory=loop_factory) as runner:
-                results = runner.run(run_benchmark(options, stack, inference, background, logs))
+                results = runner.run(
+                    run_benchmark(options, stack, inference, features, background, logs)
+                )
         except BaseException:
             for log in logs:
                 if log.exists():
