@@ -23,3 +23,26 @@ def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     inlined = _inline_refs(schema, schema.get("$defs", {}))
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inlined}}}}
+
+
+def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that validates its query string with ``model`` itself.
+
+    List fields are repeated parameters (``?exclude=a&exclude=b``).
+    """
+    schema = model.model_json_schema()
+    definitions = schema.get("$defs", {})
+    required = set(schema.get("required", []))
+    return {
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "description": field.get("description", ""),
+                "schema": _inline_refs(field, definitions),
+                **({"style": "form", "explode": True} if field.get("type") == "array" else {}),
+            }
+            for name, field in schema["properties"].items()
+        ]
+    }

@@ -18,7 +18,7 @@ from streamrec_shared.http import Probe
 from streamrec_shared.kafka import ResilientProducer
 from streamrec_shared.redis import build_redis
 
-from inference.api import router
+from inference.api import hot, router
 from inference.catalog import ItemCatalog
 from inference.config import InferenceSettings
 from inference.features import FeatureStore
@@ -80,5 +80,6 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         lifespan,
     )
     registry = http_metrics.registry
+    app.include_router(hot)
     app.include_router(router)
     return app
