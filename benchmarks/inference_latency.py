@@ -44,8 +44,6 @@ import multiprocessing
 import os
 import platform
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +78,7 @@ from streamrec_shared.schemas.events import EventIn, EventType  # noqa: E402
 from streamrec_shared.settings import KafkaSettings, RedisSettings, TopicSettings  # noqa: E402
 
 from benchmarks.model_freshness import log_problems, shown  # noqa: E402
+from benchmarks.wrk import run_wrk  # noqa: E402
 
 MOVIELENS = REPO.parent / "shared" / "datasets" / "ml-100k" / "u.data"
 SPEC_A = "bench-latency-a"
@@ -589,38 +588,6 @@ async def recover(port: int, bound_s: float = 90.0) -> float | None:
 
 
 # --------------------------------------------------------------------------- wrk (closed)
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    assert match, text
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def run_wrk(url: str, script: Path | None, connections: int, seconds: int) -> dict[str, Any]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "2s"]
-    if script is not None:
-        command += ["-s", str(script)]
-    done = subprocess.run([*command, url], capture_output=True, text=True, check=True)
-    output = done.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    percentiles = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    return {
-        "requests_per_s": rps,
-        "p50_ms": _ms(percentiles["50"]),
-        "p90_ms": _ms(percentiles["90"]),
-        "p99_ms": _ms(percentiles["99"]),
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
-        "connections": connections,
-        "seconds": seconds,
-    }
 
 
 def wrk_script(folder: Path, users: list[str]) -> Path:
@@ -1218,15 +1185,13 @@ async def _run_benchmark(
             script = wrk_script(stack.home, cat_a.users)
             print("  wrk (closed loop): inference, trivial endpoint ...", flush=True)
             wrk["inference"] = await asyncio.to_thread(
-                run_wrk, f"{inference.url}/", script, options.connections, options.wrk_seconds
-            )
+                run_wrk, f"{inference.url}/", options.connections, options.wrk_seconds, script,
+                (), "2s",
+            )  # fmt: skip
             wrk["trivial"] = await asyncio.to_thread(
-                run_wrk,
-                f"{stack.trivial.url}/healthz",
-                None,
-                options.connections,
-                options.wrk_seconds,
-            )
+                run_wrk, f"{stack.trivial.url}/healthz", options.connections, options.wrk_seconds,
+                None, (), "2s",
+            )  # fmt: skip
         load_a = background.stop()
         for row in section_a["rows"] + sat_inference["steps"] + sat_trivial["steps"]:
             row["ingest_events_per_s"] = events_per_s(load_a, row.pop("wall"))

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from streamrec_shared.kafka import build_producer, ensure_topics  # noqa: E402
 from streamrec_shared.schemas.events import EventIn  # noqa: E402
 from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
 
-WRK_DIR = REPO / "benchmarks" / "wrk"
+from benchmarks.wrk import SCRIPTS, run_wrk  # noqa: E402
 
 
 def sample_record(n: int) -> bytes:
@@ -64,39 +62,6 @@ async def raw_producer(kafka: KafkaSettings, topic: str, count: int) -> dict[str
     finally:
         await producer.stop()
     return {"events_per_s": count / elapsed, "events": count, "seconds": elapsed}
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    assert match, text
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def run_wrk(
-    url: str, script: str, args: list[str], connections: int, seconds: int
-) -> dict[str, float]:
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-        "-s", str(WRK_DIR / script), url, "--", *args,
-    ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    percentiles = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    return {
-        "requests_per_s": rps,
-        "p50_ms": _ms(percentiles["50"]),
-        "p90_ms": _ms(percentiles["90"]),
-        "p99_ms": _ms(percentiles["99"]),
-        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
-    }
 
 
 def main() -> None:
@@ -147,20 +112,21 @@ def main() -> None:
             raw = asyncio.run(raw_producer(kafka, raw_topics.events, options.raw_events))
             run = uuid.uuid4().hex[:8]
             print("trivial endpoint ...", flush=True)
+            single_lua, batch_lua = SCRIPTS / "single.lua", SCRIPTS / "batch.lua"
             base = run_wrk(
-                trivial.url, "single.lua", [f"t{run}"], options.connections, options.seconds
+                trivial.url, options.connections, options.seconds, single_lua, [f"t{run}"]
             )
             print("ingest single events ...", flush=True)
             single = run_wrk(
-                ingest.url, "single.lua", [f"s{run}"], options.connections, options.seconds
+                ingest.url, options.connections, options.seconds, single_lua, [f"s{run}"]
             )
             print("ingest single events without event_id ...", flush=True)
             noid = run_wrk(
-                ingest.url, "single.lua", [f"n{run}", "noid"], options.connections, options.seconds
+                ingest.url, options.connections, options.seconds, single_lua, [f"n{run}", "noid"]
             )
             print("ingest batches ...", flush=True)
-            batch = run_wrk(ingest.url, "batch.lua", [f"b{run}", str(options.batch_size)],
-                            options.batch_connections, options.seconds)  # fmt: skip
+            batch = run_wrk(ingest.url, options.batch_connections, options.seconds, batch_lua,
+                            [f"b{run}", str(options.batch_size)])  # fmt: skip
         finally:
             for server in reversed(servers):
                 server.stop()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from streamrec_shared.schemas.events import EntityId
+from streamrec_shared.tasks import BackgroundTask
 
 from inference.models import ServedModel
 
@@ -59,18 +60,15 @@ class ItemCatalog:
         self.items: dict[str, ItemIn] = {}
         self.version = 0
         self._masks = _Masks()
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = BackgroundTask("catalog-refresh", self._poll)
 
     async def start(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="catalog-refresh")
+        self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._refresher.stop()
 
     async def _poll(self) -> None:
         while True:

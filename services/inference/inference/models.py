@@ -36,6 +36,7 @@ from streamrec_shared.models.item_pooling import (
     load_weights,
 )
 from streamrec_shared.schemas.control import ModelPublished, decode_control
+from streamrec_shared.tasks import BackgroundTask
 
 from inference.config import InferenceSettings
 
@@ -101,17 +102,14 @@ class ModelHolder:
         self._store = (
             DirectoryArtifactStore(settings.artifacts_dir) if settings.artifacts_dir else None
         )
-        self._task: asyncio.Task[None] | None = None
+        self._follower = BackgroundTask("model-follower", self._follow)
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(), name="model-follower")
+        self._follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._follower.stop()
 
     # --- loading -------------------------------------------------------------------------
 

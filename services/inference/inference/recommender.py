@@ -11,7 +11,6 @@ Every answer says which path it took (``fallback``), and a metric counts them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Collection
@@ -21,6 +20,7 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
+from streamrec_shared.tasks import BackgroundTask
 
 from inference.catalog import ItemCatalog
 from inference.models import ModelHolder, ServedModel
@@ -72,16 +72,13 @@ class Recommender:
         )
         # Popularity kept in memory, for when Redis is gone.
         self._memory_popular: list[tuple[str, float]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._mirror = BackgroundTask("popularity-mirror", self._refresh_memory)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_memory(), name="popularity-mirror")
+        self._mirror.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._mirror.stop()
 
     async def _refresh_memory(self) -> None:
         while True:

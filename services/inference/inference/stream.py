@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from streamrec_shared.kafka import ResilientProducer, build_consumer
 from streamrec_shared.schemas.errors import validation_details
 from streamrec_shared.schemas.events import EntityId
+from streamrec_shared.tasks import BackgroundTask
 
 from inference.catalog import Tag
 from inference.config import InferenceSettings
@@ -44,16 +45,13 @@ class StreamInference:
         self.settings = settings
         self.recommender = recommender
         self.producer = producer
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundTask("stream-inference", self._run_forever)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="stream-inference")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     async def answer(self, value: bytes | None) -> bytes:
         try:

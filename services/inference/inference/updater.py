@@ -51,6 +51,7 @@ from streamrec_shared.kafka import (
 )
 from streamrec_shared.observability import LATENCY_BUCKETS, configure_logging
 from streamrec_shared.redis import build_redis
+from streamrec_shared.tasks import BackgroundTask
 
 from inference.config import InferenceSettings
 from inference.features import (
@@ -125,24 +126,20 @@ class FeatureUpdater:
         self.producer = producer
         self.metrics = FeatureMetrics(metrics_registry)
         self.topic = settings.topics.events
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundTask("feature-updater", self._run)
         self._uncommitted: dict[int, int] = {}
         self._committed_at = 0.0
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feature-updater")
+        self._loop.start()
 
     async def stop(self) -> None:
         # Safe at any point: Redis holds a batch with its position or neither of them.
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from streamrec_shared.schemas.control import (
     TrainRequested,
     decode_control,
 )
+from streamrec_shared.tasks import BackgroundTask
 
 from trainer.registry import InvalidTransition, RunConflict, RunStatus, UnknownSpec
 from trainer.runs import RunServices, TrainingRun
@@ -39,7 +40,7 @@ class Coordinator:
         self.services = services
         self.runs: dict[str, TrainingRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._loop_task: asyncio.Task[None] | None = None
+        self._control_loop = BackgroundTask("control-loop", self._consume_forever)
         self.consumer_connected = False
 
     async def start(self) -> None:
@@ -57,14 +58,11 @@ class Coordinator:
                 continue
             if request.runner == "service":
                 self._launch(request)
-        self._loop_task = asyncio.create_task(self._consume_forever(), name="control-loop")
+        self._control_loop.start()
 
     async def stop(self) -> None:
         """Shutdown: runs checkpoint and stay resumable; nothing is marked stopped."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await self._control_loop.stop()
         for run in self.runs.values():
             run.request_stop(final=False)
         if self._tasks:
