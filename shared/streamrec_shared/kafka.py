@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,3 +310,30 @@ async def partition_bounds(settings: KafkaSettings, topic: str) -> dict[int, tup
         return {tp.partition: (begins[tp], ends[tp]) for tp in partitions}
     finally:
         await consumer.stop()
+
+
+async def consume_forever(
+    what: str,
+    make: Callable[[], AIOKafkaConsumer],
+    consume: Callable[[AIOKafkaConsumer], Awaitable[None]],
+    retry_s: float = 2.0,
+) -> None:
+    """Start a consumer from ``make()`` and hand it to ``consume`` until that fails; then stop
+    it, wait ``retry_s`` and start again, until cancelled.
+
+    The one reconnect loop of every long-lived consumer (control loop, model follower, stream
+    inference): a broker restart or a network cut must never end a service's consumer.
+    """
+    while True:
+        consumer = make()
+        try:
+            await consumer.start()
+            await consume(consumer)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s failed; reconnecting in %.0f s", what, retry_s, exc_info=True)
+            await asyncio.sleep(retry_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()

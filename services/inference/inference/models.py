@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import numpy as np
 import numpy.typing as npt
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from streamrec_shared.artifacts import ArtifactError, DirectoryArtifactStore, directory_digest
-from streamrec_shared.kafka import build_consumer, topic_partitions
+from streamrec_shared.kafka import build_consumer, consume_forever, topic_partitions
 from streamrec_shared.models.item_pooling import (
     ITEMS,
     MANIFEST,
@@ -224,32 +224,29 @@ class ModelHolder:
         not a shared group. Versions published while it was away are covered by loading the
         registry's latest at start (and after every reconnect)."""
         settings = self.settings
-        while True:
-            consumer = build_consumer(
+        await consume_forever(
+            "model follower",
+            lambda: build_consumer(
                 settings.kafka, group_id=f"streamrec-inference-follow-{uuid.uuid4().hex}"
-            )
-            try:
-                partitions = await topic_partitions(settings.kafka, settings.topics.control)
-                await consumer.start()
-                assigned = [TopicPartition(settings.topics.control, p) for p in partitions]
-                consumer.assign(assigned)
-                await consumer.seek_to_end(*assigned)
-                for tp in assigned:  # resolve the position now, before loading the latest
-                    await consumer.position(tp)
-                await self._load_initial()
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500)
-                    for records in batches.values():
-                        for record in records:
-                            with contextlib.suppress(ValueError):
-                                message = decode_control(record.value)
-                                if isinstance(message, ModelPublished):
-                                    await self.on_published(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("model follower failed; reconnecting", exc_info=True)
-                await asyncio.sleep(2)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+            ),
+            self._read_announcements,
+        )
+
+    async def _read_announcements(self, consumer: AIOKafkaConsumer) -> None:
+        topic = self.settings.topics.control
+        assigned = [
+            TopicPartition(topic, p) for p in await topic_partitions(self.settings.kafka, topic)
+        ]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:  # resolve the position now, before loading the latest
+            await consumer.position(tp)
+        await self._load_initial()
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    with contextlib.suppress(ValueError):
+                        message = decode_control(record.value)
+                        if isinstance(message, ModelPublished):
+                            await self.on_published(message)

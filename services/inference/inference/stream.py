@@ -11,12 +11,12 @@ broker acknowledged them (at least once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import orjson
+from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from streamrec_shared.kafka import ResilientProducer, build_consumer
+from streamrec_shared.kafka import ResilientProducer, build_consumer, consume_forever
 from streamrec_shared.schemas.errors import validation_details
 from streamrec_shared.schemas.events import EntityId
 from streamrec_shared.tasks import BackgroundTask
@@ -76,29 +76,23 @@ class StreamInference:
 
     async def _run_forever(self) -> None:
         settings = self.settings
-        while True:
-            consumer = build_consumer(
+        await consume_forever(
+            "stream inference",
+            lambda: build_consumer(
                 settings.kafka, settings.topics.rec_requests, group_id="streamrec-inference-stream"
-            )
-            try:
-                await consumer.start()
-                while True:
-                    batches = await consumer.getmany(timeout_ms=200, max_records=500)
-                    records = [r for part in batches.values() for r in part]
-                    if not records:
-                        continue
-                    answers = [
-                        (r.key or b"", await self.answer(r.value), list(r.headers or ()))
-                        for r in records
-                    ]
-                    placed = await self.producer.send_many(settings.topics.rec_responses, answers)
-                    await asyncio.gather(*{id(f): f for f, _ in placed}.values())
-                    await consumer.commit()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("stream inference failed; reconnecting", exc_info=True)
-                await asyncio.sleep(2)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+            ),
+            self._serve,
+        )
+
+    async def _serve(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            records = [r for part in batches.values() for r in part]
+            if not records:
+                continue
+            answers = [
+                (r.key or b"", await self.answer(r.value), list(r.headers or ())) for r in records
+            ]
+            placed = await self.producer.send_many(self.settings.topics.rec_responses, answers)
+            await asyncio.gather(*{id(f): f for f, _ in placed}.values())
+            await consumer.commit()

@@ -13,11 +13,10 @@ checkpoints), whether or not their control message is read again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer
-from streamrec_shared.kafka import build_consumer
+from streamrec_shared.kafka import build_consumer, consume_forever
 from streamrec_shared.kafka import dead_letter as park
 from streamrec_shared.schemas.control import (
     ControlDecodeError,
@@ -72,34 +71,26 @@ class Coordinator:
 
     async def _consume_forever(self) -> None:
         settings = self.services.settings
-        while True:
-            consumer = build_consumer(
+        await consume_forever(
+            "control consumer",
+            lambda: build_consumer(
                 settings.kafka, settings.topics.control, group_id=settings.control_group
-            )
-            try:
-                await consumer.start()
-                self.consumer_connected = True
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("control consumer failed; reconnecting", exc_info=True)
-                await asyncio.sleep(2)
-            finally:
-                self.consumer_connected = False
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+            ),
+            self._consume,
+        )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=100)
-            for records in batches.values():
-                for record in records:
-                    await self._handle(
-                        record.topic, record.partition, record.offset, record.key, record.value
-                    )
-            if batches:
-                await consumer.commit()
+        self.consumer_connected = True
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=100)
+                for records in batches.values():
+                    for r in records:
+                        await self._handle(r.topic, r.partition, r.offset, r.key, r.value)
+                if batches:
+                    await consumer.commit()
+        finally:
+            self.consumer_connected = False
 
     async def _handle(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
