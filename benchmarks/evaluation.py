@@ -42,12 +42,21 @@ def main() -> int:
         help="comma list: ml-100k, synthetic, or paths (ml-100k is skipped when absent)",
     )
     parser.add_argument("--arms", default=",".join(PEERS), help="comma list of peers")
+    parser.add_argument(
+        "--no-model-arms",
+        action="store_true",
+        help="leave out the product's model in process (benchmarks/model_arms.py)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()
     console = Console()
     arms = peer_arms(options.arms.split(","))
     if BASELINE not in arms:
         arms = {BASELINE: PEERS[BASELINE], **arms}
+    if not options.no_model_arms:
+        from benchmarks.model_arms import MODEL_ARMS
+
+        arms = {**arms, **MODEL_ARMS}
     for name in options.datasets.split(","):
         if name == "ml-100k" and not ml_100k_path().is_file():
             console.print(f"[yellow]ml-100k skipped: {ml_100k_path()} is not there[/yellow]")
