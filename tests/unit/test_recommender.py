@@ -55,7 +55,7 @@ class FakeFeatures:
         if self.slow:
             await asyncio.sleep(1)
 
-    async def user_features(self, user_id: str) -> Features:
+    async def user_features(self, user_id: str, counts: bool = True) -> Features:
         await self._check()
         return self.users.get(user_id, Features())
 

@@ -387,16 +387,19 @@ class FeatureStore:
                 result[int(partition)] = int(raw_value)
         return result
 
-    async def user_features(self, user_id: str) -> UserFeatures:
+    async def user_features(self, user_id: str, counts: bool = True) -> UserFeatures:
+        """One round trip; ``counts=False`` (the serving path) leaves the type counts out."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(self.user_key(user_id, "recent"), 0, -1)
             pipe.zrevrange(self.user_key(user_id, "seen"), 0, -1)
-            pipe.hgetall(self.user_key(user_id, "counts"))
-            recent, seen, counts = await pipe.execute()
+            if counts:
+                pipe.hgetall(self.user_key(user_id, "counts"))
+            replies = await pipe.execute()
+        recent, seen = replies[0], replies[1]
         return UserFeatures(
             recent=[_text(i) for i in recent],
             seen=[_text(i) for i in seen],
-            counts={_text(k): int(v) for k, v in counts.items()},
+            counts={_text(k): int(v) for k, v in replies[2].items()} if counts else {},
         )
 
     async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
