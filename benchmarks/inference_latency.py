@@ -64,19 +64,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from streamrec_dev.servers import (  # noqa: E402
-    KafkaServer,
     ManagedProcess,
     ModuleServer,
-    RedisServer,
     ServiceServer,
     ensure_debian_package,
     free_port,
 )
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
-from streamrec_shared.kafka import build_producer, ensure_topics, partition_bounds  # noqa: E402
+from streamrec_shared.kafka import build_producer, partition_bounds  # noqa: E402
 from streamrec_shared.schemas.events import EventIn, EventType  # noqa: E402
 from streamrec_shared.settings import KafkaSettings, RedisSettings, TopicSettings  # noqa: E402
 
+from benchmarks.infra import start_infrastructure  # noqa: E402
 from benchmarks.model_freshness import log_problems, shown  # noqa: E402
 from benchmarks.wrk import run_wrk  # noqa: E402
 
@@ -1353,23 +1352,8 @@ def report(results: dict[str, Any]) -> None:
 
 
 def start_stack(home: Path, servers: list[ManagedProcess]) -> Stack:
-    kafka_server = KafkaServer(
-        name="kafka", home=home / "kafka", port=free_port(), controller_port=free_port()
-    )
-    redis_server = RedisServer(name="redis", home=home / "redis", port=free_port())
-    servers += [kafka_server, redis_server]
-    kafka_server.start(timeout=90)
-    redis_server.start()
-    kafka = KafkaSettings(bootstrap_servers=kafka_server.bootstrap)
-    topics = TopicSettings()
-    asyncio.run(ensure_topics(kafka, topics))
-    env = {
-        "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka_server.bootstrap,
-        "STREAMREC_REDIS_URL": redis_server.url,
-        **{f"STREAMREC_TOPIC_{k.upper()}": str(v) for k, v in topics.model_dump().items()},
-        "PYTHONPATH": str(REPO),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    infra = start_infrastructure(home, servers)
+    kafka, topics, env = infra.kafka, infra.topics, infra.env
     svc = home / "svc"
     ingest = ServiceServer(
         name="ingest",
@@ -1397,7 +1381,9 @@ def start_stack(home: Path, servers: list[ManagedProcess]) -> Stack:
         env=env,
     )
     servers += [ingest, trainer, trivial]
-    return Stack(home, kafka, topics, redis_server.url, ingest, trainer, trivial, env, servers)
+    return Stack(
+        home, kafka, topics, infra.redis_server.url, ingest, trainer, trivial, env, servers
+    )
 
 
 def parse_rates(text: str) -> list[float]:

@@ -53,9 +53,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamrec_dev.servers import KafkaServer, RedisServer, ServiceServer, free_port  # noqa: E402
+from streamrec_dev.servers import ManagedProcess, ServiceServer, free_port  # noqa: E402
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
-from streamrec_shared.kafka import build_consumer, ensure_topics  # noqa: E402
+from streamrec_shared.kafka import build_consumer  # noqa: E402
 from streamrec_shared.schemas.control import (  # noqa: E402
     CandidateRejected,
     ControlDecodeError,
@@ -63,6 +63,8 @@ from streamrec_shared.schemas.control import (  # noqa: E402
     decode_control,
 )
 from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
+
+from benchmarks.infra import start_infrastructure  # noqa: E402
 
 SPEC_ID = "fresh"
 WARMUP_BATCH = 100
@@ -541,25 +543,13 @@ def main() -> None:
     problems: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="streamrec-fresh-") as tmp:
         home = Path(tmp)
-        kafka_server = KafkaServer(
-            name="kafka", home=home / "kafka", port=free_port(), controller_port=free_port()
-        )
-        redis_server = RedisServer(name="redis", home=home / "redis", port=free_port())
-        servers: list[ServiceServer | KafkaServer | RedisServer] = [kafka_server, redis_server]
+        servers: list[ManagedProcess] = []
         trainer_log = home / "svc" / "trainer.log"
         ingest_log = home / "svc" / "ingest.log"
         try:
             began = time.monotonic()
-            kafka_server.start(timeout=90)
-            redis_server.start()
-            kafka = KafkaSettings(bootstrap_servers=kafka_server.bootstrap)
-            topics = TopicSettings()
-            asyncio.run(ensure_topics(kafka, topics))
-            env = {
-                "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka_server.bootstrap,
-                "STREAMREC_REDIS_URL": redis_server.url,
-                "PYTHONPATH": str(REPO),
-            }
+            infra = start_infrastructure(home, servers)
+            kafka, topics, env = infra.kafka, infra.topics, infra.env
             ingest = ServiceServer(name="ingest", home=home / "svc", port=free_port(),
                                    app_factory="ingest.main:create_app",
                                    env=env | {"STREAMREC_LOG_LEVEL": "WARNING"})  # fmt: skip
