@@ -10,16 +10,13 @@ import numpy.typing as npt
 DEFAULT_CUTOFFS = (10, 20)
 
 
-def target_ranks(
+def tied_ranks(
     scores: npt.NDArray[np.float32],
     targets: npt.NDArray[np.int64],
     exclude: Sequence[npt.NDArray[np.int64]] | None = None,
-) -> npt.NDArray[np.float64]:
-    """0-based rank of each row's target among all items, excluded items removed.
-
-    Ties count half (the expected rank under random tie-breaking), so a model that scores
-    everything equally does not look perfect.
-    """
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per row: how many items score above the target, and how many tie with it (excluded
+    items removed). ``rank_metrics(above, ties=ties)`` then scores ties exactly."""
     scores = np.array(scores, dtype=np.float32, copy=True)
     rows = np.arange(len(targets))
     if exclude is not None:
@@ -27,19 +24,47 @@ def target_ranks(
             if len(items):
                 scores[row, items] = -np.inf
     target_scores = scores[rows, targets][:, None]
-    above = (scores > target_scores).sum(axis=1)
-    ties = (scores == target_scores).sum(axis=1) - 1
-    return above + ties / 2.0  # type: ignore[no-any-return]
+    above = (scores > target_scores).sum(axis=1).astype(np.float64)
+    ties = ((scores == target_scores).sum(axis=1) - 1).astype(np.float64)
+    return above, ties
+
+
+def target_ranks(
+    scores: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.int64],
+    exclude: Sequence[npt.NDArray[np.int64]] | None = None,
+) -> npt.NDArray[np.float64]:
+    """0-based expected rank of each row's target (ties count half), excluded items removed."""
+    above, ties = tied_ranks(scores, targets, exclude)
+    return above + ties / 2.0
 
 
 def rank_metrics(
-    ranks: npt.NDArray[np.float64], cutoffs: Sequence[int] = DEFAULT_CUTOFFS
+    ranks: npt.NDArray[np.float64],
+    cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+    ties: npt.NDArray[np.float64] | None = None,
 ) -> dict[str, float]:
-    """Mean HR@K and NDCG@K (one relevant item per row) for each cutoff K, plus the count."""
+    """Mean HR@K and NDCG@K (one relevant item per row) for each cutoff K, plus the count.
+
+    ``ranks`` are 0-based positions (``inf``: never ranked). With ``ties`` (from
+    ``tied_ranks``: ``ranks`` is then the count above), a target tied with ``t`` others is
+    equally likely at each of the ``t + 1`` positions, so a tie straddling K counts partly and a
+    model that scores everything equally gets exactly the chance level.
+    """
     metrics: dict[str, float] = {"events": float(len(ranks))}
+    if ties is None:
+        ties = np.zeros(len(ranks))
     for k in cutoffs:
-        hit = ranks < k
-        metrics[f"hr@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        gains = np.where(hit, 1.0 / np.log2(np.floor(ranks) + 2.0), 0.0)
-        metrics[f"ndcg@{k}"] = float(gains.mean()) if len(ranks) else 0.0
+        if not len(ranks):
+            metrics[f"hr@{k}"] = metrics[f"ndcg@{k}"] = 0.0
+            continue
+        above = np.floor(np.minimum(ranks, k))  # inf (never ranked) becomes k: no gain
+        spread = ties + 1.0
+        hits = np.clip((k - above) / spread, 0.0, 1.0)
+        # Sum of discounts over the positions [above, min(above + ties, k - 1)], averaged.
+        discounts = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
+        last = np.minimum(above + spread, k).astype(np.int64)
+        gains = (discounts[last] - discounts[above.astype(np.int64)]) / spread
+        metrics[f"hr@{k}"] = float(hits.mean())
+        metrics[f"ndcg@{k}"] = float(gains.mean())
     return metrics

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
-from streamrec_shared.ranking import rank_metrics, target_ranks
+from streamrec_shared.ranking import rank_metrics, target_ranks, tied_ranks
 
 
 def f32(rows: list[list[float]]) -> npt.NDArray[np.float32]:
@@ -119,12 +119,28 @@ def test_ranks_feed_metrics_end_to_end() -> None:
     assert rank_metrics(target_ranks(scores, worst))["hr@20"] == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a tie straddling the cutoff counts as a full hit (midpoint rank < K), so a"
-    " constant model gets HR@10 = 1.0 on 15 items instead of the expected 10/15",
-)
 def test_constant_scores_do_not_look_perfect_on_small_catalogues() -> None:
+    """A tie straddling the cutoff counts by chance: a constant model gets exactly 10/15."""
     n = 15
-    ranks = target_ranks(np.zeros((n, n), dtype=np.float32), np.arange(n))
-    assert rank_metrics(ranks)["hr@10"] == pytest.approx(10 / n)
+    above, ties = tied_ranks(np.zeros((n, n), dtype=np.float32), np.arange(n))
+    metrics = rank_metrics(above, ties=ties)
+    assert metrics["hr@10"] == pytest.approx(10 / n)
+    expected_ndcg = sum(1 / np.log2(p + 2) for p in range(10)) / n
+    assert metrics["ndcg@10"] == pytest.approx(expected_ndcg)
+
+
+def test_exact_ties_agree_with_plain_ranks_when_there_are_none() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(50, 40)).astype(np.float32)
+    targets = rng.integers(0, 40, 50)
+    above, ties = tied_ranks(scores, targets)
+    assert not ties.any()
+    assert rank_metrics(above, ties=ties) == rank_metrics(target_ranks(scores, targets))
+
+
+def test_a_tie_across_the_cutoff_counts_partly() -> None:
+    # 9 items above, the target tied with 1 other: positions 9 or 10, each with p = 1/2.
+    metrics = rank_metrics(np.array([9.0]), cutoffs=(10,), ties=np.array([1.0]))
+    assert metrics["hr@10"] == pytest.approx(0.5)
+    assert metrics["ndcg@10"] == pytest.approx(0.5 / np.log2(11))
+    assert rank_metrics(np.array([np.inf]), ties=np.array([0.0]))["hr@10"] == 0.0

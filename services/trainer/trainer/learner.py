@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights
-from streamrec_shared.ranking import rank_metrics, target_ranks
+from streamrec_shared.ranking import rank_metrics, tied_ranks
 from streamrec_shared.schemas.events import Interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 
@@ -277,14 +277,15 @@ class Learner:
         targets = mapping[np.asarray(held.target[start:], dtype=np.int64)]
         excluded = [mapping[np.asarray(rows, dtype=np.int64)] for rows in held.seen[start:]]
         excluded = [rows[rows >= 0] for rows in excluded]
-        ranks = np.full(count, np.inf, dtype=np.float64)  # unknown targets: never a hit
+        above = np.full(count, np.inf, dtype=np.float64)  # unknown targets: never a hit
+        ties = np.zeros(count, dtype=np.float64)
         known = np.flatnonzero(targets >= 0)
         chunk = max(1, SCORE_CELLS_PER_CHUNK // max(1, scorer.item_count))
         for begin in range(0, len(known), chunk):
             rows = known[begin : begin + chunk]
             scores = scorer.scores(scorer.user_vectors(history[rows]))
-            ranks[rows] = target_ranks(scores, targets[rows], [excluded[r] for r in rows])
-        return rank_metrics(ranks)
+            above[rows], ties[rows] = tied_ranks(scores, targets[rows], [excluded[r] for r in rows])
+        return rank_metrics(above, ties=ties)
 
     # --- snapshots -----------------------------------------------------------------------
 
