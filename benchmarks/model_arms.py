@@ -25,8 +25,11 @@ from streamrec_shared.schemas.events import Interaction as Event
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.learner import Learner
 
-# The best settings tried on ML-100K for this protocol (see the README's evaluation section).
-HYPERPARAMETERS = ItemPoolingHyperparameters(learning_rate=1.0, batch_size=128, replay_fraction=0.5)
+# The best settings tried on ML-100K for this protocol (see the README's evaluation section):
+# tied embeddings (+0.02 HR@10 over separate tables), small batches, half of each step replayed.
+HYPERPARAMETERS = ItemPoolingHyperparameters(
+    learning_rate=0.5, batch_size=128, replay_fraction=0.5, tie_embeddings=True
+)
 HISTORY_EPOCHS = 10
 
 

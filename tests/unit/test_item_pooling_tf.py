@@ -275,3 +275,24 @@ def test_export_never_returns_fewer_rows_than_item_ids() -> None:
     except ValueError:
         return
     assert weights.item_in.shape[0] == len(ids)
+
+
+def test_tied_embeddings_are_one_table_through_training_growth_export_and_restore() -> None:
+    rng = np.random.default_rng(11)
+    tied = model(tie_embeddings=True, initial_capacity=16)
+    assert tied.item_out is tied.item_in
+    for _ in range(5):
+        tied.train(random_batch(rng, 16, 12), 12)
+    tied.ensure_capacity(40)  # one growth, not two: both roles see the same rows
+    assert tied.capacity == tied.item_in.numpy().shape[0] == 40
+    for _ in range(3):
+        tied.train(random_batch(rng, 16, 40), 40)
+    weights = tied.export([f"i{n}" for n in range(40)])
+    np.testing.assert_array_equal(weights.item_in, weights.item_out)
+
+    restored = model(tie_embeddings=True, initial_capacity=16)
+    restored.restore(tied.state(40))
+    restored.set_rng_state(tied.rng_state())
+    batch = random_batch(rng, 16, 40)
+    assert restored.train(batch, 40) == tied.train(batch, 40)
+    np.testing.assert_array_equal(restored.item_out.numpy(), restored.item_in.numpy())

@@ -42,6 +42,13 @@ class ItemPoolingHyperparameters(_Strict):
         ),
     )
     l2: float = Field(default=0.0, ge=0, le=1, description="L2 on the rows a step touches.")
+    tie_embeddings: bool = Field(
+        default=False,
+        description=(
+            "One table for history items and candidates: scores become item-item similarities"
+            " (better on sparse, session-like data such as MovieLens; half the memory)."
+        ),
+    )
     initial_capacity: int = Field(
         default=1024, ge=16, le=10_000_000, description="Item rows before the first doubling."
     )

@@ -51,12 +51,21 @@ class ItemPoolingModel:
         tf.random.set_seed(hp.seed)
         rows = tf.TensorShape([None, self.dim])
         self.item_in = tf.Variable(self._init_rows(self.capacity), shape=rows, name="item_in")
-        self.item_out = tf.Variable(self._init_rows(self.capacity), shape=rows, name="item_out")
+        # Tied: one table (and one accumulator) serves both roles.
+        self.item_out = (
+            self.item_in
+            if hp.tie_embeddings
+            else tf.Variable(self._init_rows(self.capacity), shape=rows, name="item_out")
+        )
         self.item_bias = tf.Variable(
             tf.zeros([self.capacity]), shape=tf.TensorShape([None]), name="item_bias"
         )
         self.acc_in = tf.Variable(self._accumulator(self.capacity, self.dim), shape=rows)
-        self.acc_out = tf.Variable(self._accumulator(self.capacity, self.dim), shape=rows)
+        self.acc_out = (
+            self.acc_in
+            if hp.tie_embeddings
+            else tf.Variable(self._accumulator(self.capacity, self.dim), shape=rows)
+        )
         self.acc_bias = tf.Variable(
             self._accumulator(self.capacity, None), shape=tf.TensorShape([None])
         )
@@ -102,10 +111,11 @@ class ItemPoolingModel:
         new_capacity = max(items, 2 * self.capacity)
         extra = new_capacity - self.capacity
         self.item_in.assign(tf.concat([self.item_in, self._init_rows(extra)], 0))
-        self.item_out.assign(tf.concat([self.item_out, self._init_rows(extra)], 0))
-        self.item_bias.assign(tf.concat([self.item_bias, tf.zeros([extra])], 0))
         self.acc_in.assign(tf.concat([self.acc_in, self._accumulator(extra, self.dim)], 0))
-        self.acc_out.assign(tf.concat([self.acc_out, self._accumulator(extra, self.dim)], 0))
+        if not self.hp.tie_embeddings:
+            self.item_out.assign(tf.concat([self.item_out, self._init_rows(extra)], 0))
+            self.acc_out.assign(tf.concat([self.acc_out, self._accumulator(extra, self.dim)], 0))
+        self.item_bias.assign(tf.concat([self.item_bias, tf.zeros([extra])], 0))
         self.acc_bias.assign(tf.concat([self.acc_bias, self._accumulator(extra, None)], 0))
         self.capacity = new_capacity
 
@@ -208,12 +218,20 @@ class ItemPoolingModel:
     def restore(self, arrays: dict[str, npt.NDArray[np.float32]]) -> None:
         items = int(arrays["item_in"].shape[0])
         self.ensure_capacity(items)
-        for name in ("item_in", "item_out", "item_bias", "acc_in", "acc_out", "acc_bias"):
+        for name in self._table_names(
+            ("item_in", "item_out", "item_bias", "acc_in", "acc_out", "acc_bias")
+        ):
             variable: tf.Variable = getattr(self, name)
             variable.assign(tf.concat([arrays[name], variable[items:]], 0))
         for index, (variable, acc) in enumerate(zip(self.dense, self.dense_acc, strict=True)):
             variable.assign(arrays[f"dense_{index}"])
             acc.assign(arrays[f"dense_acc_{index}"])
+
+    def _table_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """Tied tables are one variable: write it once (from ``item_in``), never twice."""
+        if not self.hp.tie_embeddings:
+            return names
+        return tuple(n for n in names if n not in ("item_out", "acc_out"))
 
     def warm_start(self, weights: ItemPoolingWeights) -> None:
         """Start from a published version's weights (fresh optimizer slots)."""
@@ -221,7 +239,7 @@ class ItemPoolingModel:
             raise ValueError("the published version has a different shape than this spec")
         items = len(weights.item_ids)
         self.ensure_capacity(items)
-        for name in ("item_in", "item_out", "item_bias"):
+        for name in self._table_names(("item_in", "item_out", "item_bias")):
             variable: tf.Variable = getattr(self, name)
             variable.assign(tf.concat([getattr(weights, name), variable[items:]], 0))
         self.position_logits.assign(weights.position_logits)
