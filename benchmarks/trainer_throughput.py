@@ -47,7 +47,7 @@ from trainer.learner import Learner, Reservoir, _concat  # noqa: E402
 from trainer.metrics import TrainerMetrics  # noqa: E402
 from trainer.model.item_pooling import Batch, ItemPoolingModel  # noqa: E402
 from trainer.registry import Registry  # noqa: E402
-from trainer.runs import RunServices, TrainingRun  # noqa: E402
+from trainer.runs import RunServices, TrainingRun, register_run  # noqa: E402
 
 
 def records(count: int) -> list[tuple[bytes, bytes]]:
@@ -144,8 +144,7 @@ async def from_kafka(
          # No publish during the measurement: this is the learning loop's own speed.
          "publish": {"every_s": 86_400, "every_events": 1_000_000_000}}
     )  # fmt: skip
-    registry.create_run(request.run_id, "bench", "incremental", request.model_dump(mode="json"),
-                        {}, None)  # fmt: skip
+    register_run(registry, request)
     run = TrainingRun(services, request)
     task = asyncio.create_task(run.run())
     first: float | None = None

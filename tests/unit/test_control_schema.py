@@ -271,3 +271,18 @@ def test_deployment_subject_is_its_spec_not_its_name() -> None:
     # Everything about one model (publishes and the deployments of it) shares one partition.
     message = DeploymentChanged(name="home", spec_id="movies")
     assert message.subject_key() == b"movies"
+
+
+def test_offset_bounds_of_a_range_and_of_a_follow() -> None:
+    spec = {"family": "item_pooling"}
+    batch = TrainRequested.model_validate(
+        {"spec_id": "s", "spec": spec, "mode": "batch", "stream": {"kind": "range",
+         "topic": "events",
+         "partitions": {"0": {"start": 3, "end": 9}, "2": {"start": 0, "end": 4}}}}
+    )  # fmt: skip
+    assert batch.offset_bounds() == ({0: 3, 2: 0}, {0: 9, 2: 4})
+    follow = TrainRequested.model_validate(
+        {"spec_id": "s", "spec": spec, "mode": "incremental",
+         "stream": {"kind": "follow", "topic": "events", "offsets": {"1": 7}}}
+    )  # fmt: skip
+    assert follow.offset_bounds() == ({1: 7}, None)

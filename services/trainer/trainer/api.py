@@ -7,6 +7,7 @@ directly: the API is one producer of control messages among others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -204,21 +205,9 @@ def _live(state: TrainerState, run_id: str) -> dict[str, Any] | None:
     run = state.coordinator.runs.get(run_id)
     if run is None:
         return None
-    progress = run.progress
-    return {
-        "phase": progress.phase,
-        "events_observed": progress.events_observed,
-        "events_trained": progress.events_trained,
-        "events_per_s": round(progress.events_per_s, 1),
-        "steps": progress.steps,
-        "last_loss": progress.last_loss,
-        "heldout": progress.heldout,
-        "items": progress.items,
-        "users": progress.users,
-        "position": progress.position,
-        "last_cycle": progress.last_cycle,
-        "resumed_from_checkpoint": progress.resumed_from_checkpoint,
-    }
+    live = dataclasses.asdict(run.progress)
+    live["events_per_s"] = round(live["events_per_s"], 1)
+    return live
 
 
 @router.get("/runs", response_model=list[RunOut])

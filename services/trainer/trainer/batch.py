@@ -31,7 +31,7 @@ from streamrec_shared.schemas.models import ModelSpec
 from trainer.config import TrainerSettings
 from trainer.metrics import TrainerMetrics
 from trainer.registry import Registry, RunStatus
-from trainer.runs import RunServices, TrainingRun
+from trainer.runs import RunServices, TrainingRun, register_run
 
 log = logging.getLogger("trainer.batch")
 
@@ -62,15 +62,7 @@ async def run_batch(settings: TrainerSettings, spec_id: str, epochs: int) -> Run
             runner="job",
         )
         # Registered before it is announced, so the service's coordinator leaves it to us.
-        await asyncio.to_thread(
-            registry.create_run,
-            request.run_id,
-            spec_id,
-            request.mode.value,
-            request.model_dump(mode="json"),
-            {p: r.start for p, r in request.stream.partitions.items()},  # type: ignore[union-attr]
-            {p: r.end for p, r in request.stream.partitions.items()},  # type: ignore[union-attr]
-        )
+        await asyncio.to_thread(register_run, registry, request)
         future = await producer.send(
             settings.topics.control, request.encode(), key=request.subject_key()
         )

@@ -28,7 +28,7 @@ from streamrec_shared.schemas.control import (
 from streamrec_shared.tasks import BackgroundTask
 
 from trainer.registry import InvalidTransition, RunConflict, RunStatus, UnknownSpec
-from trainer.runs import RunServices, TrainingRun
+from trainer.runs import RunServices, TrainingRun, register_run
 
 log = logging.getLogger(__name__)
 UNFINISHED = (RunStatus.REQUESTED, RunStatus.RUNNING)
@@ -120,21 +120,8 @@ class Coordinator:
 
     async def submit(self, request: TrainRequested) -> None:
         registry = self.services.registry
-        start = {p: o for p, o in getattr(request.stream, "offsets", {}).items()}
-        end = None
-        if request.stream.kind == "range":
-            start = {p: r.start for p, r in request.stream.partitions.items()}
-            end = {p: r.end for p, r in request.stream.partitions.items()}
         try:
-            record = await asyncio.to_thread(
-                registry.create_run,
-                request.run_id,
-                request.spec_id,
-                request.mode.value,
-                request.model_dump(mode="json"),
-                start,
-                end,
-            )
+            record = await asyncio.to_thread(register_run, registry, request)
         except (UnknownSpec, RunConflict) as error:
             await self._refuse(request, str(error))
             return

@@ -53,11 +53,24 @@ from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
 from trainer.learner import Learner
 from trainer.metrics import TrainerMetrics
-from trainer.registry import Registry, RunStatus
+from trainer.registry import Registry, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Record = tuple[int, int, bytes | None, bytes | None]  # partition, offset, key, value
+
+
+def register_run(registry: Registry, request: TrainRequested) -> RunRecord:
+    """The registry's record of ``request`` (idempotent by run id: a repeat returns it)."""
+    start, end = request.offset_bounds()
+    return registry.create_run(
+        request.run_id,
+        request.spec_id,
+        request.mode.value,
+        request.model_dump(mode="json"),
+        start,
+        end,
+    )
 
 
 class RunStopped(Exception):
@@ -669,6 +682,7 @@ class TrainingRun:
         if self.request.epochs > 1:
             learner.train_epochs(self.request.epochs - 1, seed=self.hp.seed)
         # The range is what the version covers, even where it ended in non-interactions.
-        for partition, window in self.request.stream.partitions.items():  # type: ignore[union-attr]
-            learner.position[partition] = max(learner.position.get(partition, 0), window.end)
+        _, ends = self.request.offset_bounds()
+        for partition, end in (ends or {}).items():
+            learner.position[partition] = max(learner.position.get(partition, 0), end)
         return self._cycle(True)

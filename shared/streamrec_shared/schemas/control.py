@@ -146,6 +146,16 @@ class TrainRequested(ControlMessageBase):
         description="Who runs it: the trainer service, or a one-off job that announced it.",
     )
 
+    def offset_bounds(self) -> tuple[dict[int, int], dict[int, int] | None]:
+        """``(start, end)`` per partition: the range of a batch, or a follow's explicit start
+        offsets and no end."""
+        if isinstance(self.stream, BoundedStream):
+            partitions = self.stream.partitions
+            return {p: r.start for p, r in partitions.items()}, {
+                p: r.end for p, r in partitions.items()
+            }
+        return dict(self.stream.offsets), None
+
     @model_validator(mode="after")
     def _mode_matches_stream(self) -> TrainRequested:
         if self.mode is TrainingMode.BATCH and self.stream.kind != "range":
