@@ -312,6 +312,19 @@ async def partition_bounds(settings: KafkaSettings, topic: str) -> dict[int, tup
         await consumer.stop()
 
 
+async def _start_fully(consumer: AIOKafkaConsumer, grace_s: float = 10.0) -> None:
+    """``consumer.start()``, but a cancellation (a service shutting down) lets a start already
+    under way finish first: stopping a half-started consumer leaves the connections it had
+    opened behind (seen as "Unclosed AIOKafkaConnection" at shutdown)."""
+    starting = asyncio.ensure_future(consumer.start())
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(starting, grace_s)
+        raise
+
+
 async def consume_forever(
     what: str,
     make: Callable[[], AIOKafkaConsumer],
@@ -327,7 +340,7 @@ async def consume_forever(
     while True:
         consumer = make()
         try:
-            await consumer.start()
+            await _start_fully(consumer)
             await consume(consumer)
         except asyncio.CancelledError:
             raise
