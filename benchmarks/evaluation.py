@@ -1,14 +1,22 @@
-"""Recommendation quality of the in-process peers on the fixed prequential protocol (issue 5).
+"""Recommendation quality on the fixed prequential protocol (issue 5): the product through the
+real stack next to in-process peers, same data, same run.
 
 For each dataset (ML-100K when ``../shared/datasets/ml-100k/u.data`` is there, and the synthetic
 drifting stream): the first 50 % in time order is history, every later interaction is scored
-test-then-train (top-20 with touched items excluded; HR@10/20, NDCG@10/20; 5 % windows), for
-each peer: popularity (history / online), implicit ALS (frozen / user fold-in), item
-co-occurrence over the last 10 items (counts, and a cosine variant), River BiasedMF.
+test-then-train (top-20 with touched items excluded; HR@10/20, NDCG@10/20; 5 % windows).
 
-The same-run baseline is popularity from the history. Writes, per dataset,
+- Arms 1–6 through the real stack (``streamrec_dev.evaluation.stack_arms``): Kafka and Redis
+  started here, each arm on its own ingest, trainer, inference and feature updater, driven over
+  HTTP by the replay: popularity (history / online), the model frozen, frozen with fresh
+  features, the full product (incremental training + publishing), periodic full retraining.
+- In-process peers: popularity (history / online), implicit ALS (frozen / user fold-in), item
+  co-occurrence over the last 10 items (counts, and a cosine variant), River BiasedMF.
+- The product's own model in process (``benchmarks/model_arms.py``): the same learner without
+  Kafka or HTTP in between, an upper bound for the stack arms.
+
+The same-run baseline is popularity from the history (in process). Writes, per dataset,
 ``benchmarks/results/evaluation/<dataset>/`` (``results.md``, ``results.json``, one JSON per
-arm, ``hr10_over_time.png``, ``final.png``). About a minute on 2 cores.
+arm, ``hr10_over_time.png``, ``final.png``); MovieLens-derived outputs stay out of git.
 Run: ``make bench-eval`` (or ``.venv/bin/python benchmarks/evaluation.py --help``).
 """
 
@@ -17,6 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 # One BLAS thread: the per-user solves and matrix-vector products are small (and implicit warns).
@@ -26,12 +36,37 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
-from streamrec_dev.evaluation.data import load_dataset, ml_100k_path  # noqa: E402
+from streamrec_dev.evaluation.data import Dataset, load_dataset, ml_100k_path  # noqa: E402
 from streamrec_dev.evaluation.peers import PEERS  # noqa: E402
-from streamrec_dev.evaluation.report import RESULTS_DIR, markdown_table  # noqa: E402
-from streamrec_dev.evaluation.runner import evaluate_and_report, peer_arms  # noqa: E402
+from streamrec_dev.evaluation.protocol import EvaluationResult  # noqa: E402
+from streamrec_dev.evaluation.report import RESULTS_DIR, markdown_table, write_report  # noqa: E402
+from streamrec_dev.evaluation.runner import peer_arms, progress_bar, run_arms  # noqa: E402
+from streamrec_dev.evaluation.stack_arms import (  # noqa: E402
+    STACK_ARMS,
+    StackEvaluationSettings,
+    run_stack_arms,
+)
 
 BASELINE = "popularity-history"
+
+
+def stack_results(
+    dataset: Dataset, names: list[str], parallel: int, console: Console
+) -> list[EvaluationResult]:
+    arms = [STACK_ARMS[name] for name in names]
+    total = len(dataset.interactions)
+    with (
+        tempfile.TemporaryDirectory(prefix="streamrec-eval-") as home,
+        progress_bar(console) as progress,
+    ):
+        tasks = {arm.name: progress.add_task(f"stack:{arm.name}", total=total) for arm in arms}
+        return run_stack_arms(
+            dataset,
+            arms,
+            Path(home),
+            StackEvaluationSettings(parallel=parallel),
+            progress=lambda name, count: progress.advance(tasks[name], count),
+        )
 
 
 def main() -> int:
@@ -41,12 +76,19 @@ def main() -> int:
         default="ml-100k,synthetic",
         help="comma list: ml-100k, synthetic, or paths (ml-100k is skipped when absent)",
     )
-    parser.add_argument("--arms", default=",".join(PEERS), help="comma list of peers")
+    parser.add_argument("--arms", default=",".join(PEERS), help="comma list of in-process peers")
+    parser.add_argument(
+        "--stack-arms",
+        default=",".join(STACK_ARMS),
+        help=f"comma list of arms through the stack ({', '.join(STACK_ARMS)}), or 'none'",
+    )
+    parser.add_argument("--parallel", type=int, default=len(STACK_ARMS), help="stack arms at once")
     parser.add_argument(
         "--no-model-arms",
         action="store_true",
         help="leave out the product's model in process (benchmarks/model_arms.py)",
     )
+    parser.add_argument("--limit", type=int, default=0, help="first N interactions only (0: all)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()
     console = Console()
@@ -57,20 +99,42 @@ def main() -> int:
         from benchmarks.model_arms import MODEL_ARMS
 
         arms = {**arms, **MODEL_ARMS}
+    stack_names = [] if options.stack_arms == "none" else options.stack_arms.split(",")
+    unknown = [name for name in stack_names if name not in STACK_ARMS]
+    if unknown:
+        parser.error(f"unknown stack arm(s) {unknown}; known: {list(STACK_ARMS)}")
     for name in options.datasets.split(","):
         if name == "ml-100k" and not ml_100k_path().is_file():
             console.print(f"[yellow]ml-100k skipped: {ml_100k_path()} is not there[/yellow]")
             continue
         dataset = load_dataset(name)
+        if options.limit:
+            rows = dataset.interactions[: options.limit]
+            dataset = Dataset(dataset.name, rows, f"{dataset.source}[:{options.limit}]", {})
         console.rule(f"{dataset.name}: {len(dataset.interactions):,} interactions")
-        results, folder = evaluate_and_report(
-            dataset, arms, out_dir=options.out / dataset.name, console=console
+        started = time.perf_counter()
+        results = []
+        if stack_names:
+            results += stack_results(dataset, stack_names, options.parallel, console)
+        stack_s = time.perf_counter() - started
+        results += run_arms(dataset, arms, console=console)
+        folder = write_report(
+            results,
+            dataset.name,
+            dataset.source,
+            options.out / dataset.name,
+            extra={"stack_wall_s": stack_s, "wall_s": time.perf_counter() - started},
+            marks=dataset.marks,
         )
-        baseline = next(r for r in results if r.arm == BASELINE).metrics["hr@10"]
         print(markdown_table(results))
-        for result in results:
-            ratio = result.metrics["hr@10"] / baseline if baseline else float("nan")
-            print(f"  {result.arm:28s} HR@10 {ratio:5.2f}x {BASELINE}")
+        hr10 = {result.arm: result.metrics["hr@10"] for result in results}
+        for arm, value in hr10.items():
+            ratio = value / hr10[BASELINE] if hr10[BASELINE] else float("nan")
+            print(f"  {arm:32s} HR@10 {ratio:5.2f}x {BASELINE}")
+        if "stack:incremental" in hr10 and hr10.get("stack:frozen"):
+            ratio = hr10["stack:incremental"] / hr10["stack:frozen"]
+            print(f"  arm 5 / arm 3 (stack:incremental / stack:frozen): HR@10 {ratio:.2f}x")
+        print(f"  stack arms {stack_s:.0f} s, all arms {time.perf_counter() - started:.0f} s")
         print(f"wrote {folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}\n")
     return 0
 

@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from streamrec_dev.evaluation.data import Interaction
 from streamrec_dev.evaluation.protocol import Recommender
+from streamrec_dev.evaluation.stack_arms import EVALUATION_HYPERPARAMETERS
 from streamrec_shared.models.item_pooling import ItemPoolingScorer
 from streamrec_shared.schemas.events import Interaction as Event
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
@@ -27,9 +28,8 @@ from trainer.learner import Learner
 
 # The best settings tried on ML-100K for this protocol (see the README's evaluation section):
 # tied embeddings (+0.02 HR@10 over separate tables), small batches, half of each step replayed.
-HYPERPARAMETERS = ItemPoolingHyperparameters(
-    learning_rate=0.5, batch_size=128, replay_fraction=0.5, tie_embeddings=True
-)
+# The stack arms create their spec from the same dictionary.
+HYPERPARAMETERS = ItemPoolingHyperparameters(**EVALUATION_HYPERPARAMETERS)
 HISTORY_EPOCHS = 10
 
 

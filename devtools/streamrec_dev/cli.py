@@ -195,6 +195,11 @@ def replay(
     value_column: str | None = typer.Option(None, help="csv: an optional rating column."),
     ingest_url: str = typer.Option("http://127.0.0.1:8001", help="Ingest base URL."),
     inference_url: str = typer.Option("http://127.0.0.1:8003", help="Inference base URL."),
+    features_url: str = typer.Option(
+        "http://127.0.0.1:8004/metrics",
+        help="The feature updater's metrics: ask for a user only once their last event is"
+        " applied ('' to not wait).",
+    ),
     rate: float = typer.Option(0.0, help="Evaluated events per second (0: as fast as possible)."),
     arm: str = typer.Option("stack", help="Name of this arm in the results."),
     id_prefix: str = typer.Option("", help="Prefix for user and item ids (isolates runs)."),
@@ -241,6 +246,7 @@ def replay(
             rate=rate or None,
             id_prefix=id_prefix,
             history_progress=lambda count: progress.advance(history, count),
+            features_metrics_url=features_url or None,
         )
         try:
             result = run_protocol(

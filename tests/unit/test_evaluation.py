@@ -451,6 +451,61 @@ def test_replay_adapter_scores_the_stack_like_the_same_model_in_process() -> Non
     assert stats["fallbacks"] == {"popularity": over_http.scored}
 
 
+class LaggingUpdater(FakeStack):
+    """A feature updater that applies one more event each time its metrics are read, and had
+    applied 7 events of someone else's before the replay began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied = 0
+        self.lag_violations = 0
+        self.polls = 0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            assert request.url.params["name[]"] == "inference_feature_events_applied_total"
+            self.polls += 1
+            self.applied = min(self.applied + 1, len(self.bodies))
+            text = f"inference_feature_events_applied_total {7 + self.applied}.0\n"
+            return httpx.Response(200, text=text)
+        if request.url.path == "/v1/recommendations":
+            user = request.url.params["user_id"]
+            posted = [i + 1 for i, body in enumerate(self.bodies) if body["user_id"] == user]
+            last = max(posted, default=0)
+            self.lag_violations += self.applied < last
+        return super().handler(request)
+
+
+def test_replay_waits_for_the_feature_updater_before_asking_for_a_user() -> None:
+    stack = LaggingUpdater()
+    remote = HttpRecommender(
+        "http://ingest",
+        "http://inference",
+        transport=httpx.MockTransport(stack.handler),
+        features_metrics_url="http://features/metrics",
+    )
+    data = rows(("a", "1", 1), ("b", "2", 2), ("a", "3", 3), ("a", "4", 4), ("c", "5", 5))
+    stack.applied = -1  # the first read (the baseline) shows only the 7 events before
+    remote.fit_history(data[:2])
+    for row in data[2:]:
+        remote.recommend(row.user, 10, set())
+        remote.observe(row)
+    assert stack.lag_violations == 0
+    stats = remote.stats()
+    assert stats["features_timeouts"] == 0
+    assert stats["features_wait_s"] > 0
+    # Without the barrier the same replay asks before the updater caught up.
+    unwatched = LaggingUpdater()
+    plain = HttpRecommender(
+        "http://ingest", "http://inference", transport=httpx.MockTransport(unwatched.handler)
+    )
+    plain.fit_history(data[:2])
+    for row in data[2:]:
+        plain.recommend(row.user, 10, set())
+        plain.observe(row)
+    assert unwatched.lag_violations > 0
+
+
 def test_replay_adapter_prefixes_ids_and_posts_ratings() -> None:
     stack = FakeStack()
     remote = HttpRecommender(

@@ -135,7 +135,8 @@ class HttpRecommender:
         )
         self.features_metrics_url = features_metrics_url or ""
         self.features_wait_s = features_wait_s
-        self.features_applied = 0  # the feature updater's applied counter, last read
+        self.features_base = 0  # the updater's applied counter when the replay began
+        self.features_applied = 0  # how many of the replay's events it has applied, last read
         self.last_posted: dict[str, int] = {}  # user -> 1-based count of events posted then
         self.sequence = 0  # stream position: part of each event_id
         self.evaluated = 0  # events posted by ``observe``
@@ -145,6 +146,8 @@ class HttpRecommender:
 
     def fit_history(self, interactions: Sequence[Interaction]) -> None:
         started = time.perf_counter()
+        if self.features is not None:  # what the updater had applied before this replay
+            self.features_base = self._read_applied()
         end_offsets: dict[int, int] = {}
         for begin in range(0, len(interactions), self.batch_size):
             chunk = interactions[begin : begin + self.batch_size]
@@ -222,18 +225,21 @@ class HttpRecommender:
             return
         waited = time.perf_counter()
         deadline = time.monotonic() + (timeout_s or self.features_wait_s)
-        # Only the one counter (prometheus_client's ``name[]`` filter): rendering every metric
-        # for each poll cost the updater more CPU than applying the events.
-        only = {"name[]": APPLIED_METRIC}
         while time.monotonic() < deadline:
             time.sleep(0.002)  # the updater needs a few milliseconds: don't ask at once
-            text = self.features.get(self.features_metrics_url, params=only).text
-            self.features_applied = features_applied(text)
+            self.features_applied = self._read_applied() - self.features_base
             if self.features_applied >= posted:
                 break
         else:
             self.counters.features_timeouts += 1
         self.counters.features_wait_s += time.perf_counter() - waited
+
+    def _read_applied(self) -> int:
+        assert self.features is not None
+        # Only the one counter (prometheus_client's ``name[]`` filter): rendering every metric
+        # for each poll cost the updater more CPU than applying the events.
+        only = {"name[]": APPLIED_METRIC}
+        return features_applied(self.features.get(self.features_metrics_url, params=only).text)
 
     def stats(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "id_prefix": self.prefix, **self.counters.as_dict()}

@@ -270,8 +270,9 @@ class ArmDriver:
         self._create_spec()
         if self.arm.trains:
             started = time.perf_counter()
-            self.log.runs.append(self._request_batch(self.settings.history_epochs))
-            version = self._wait_version(1, deadline)
+            run_id = self._request_batch(self.settings.history_epochs)
+            self.log.runs.append(run_id)
+            version = self._wait_version(1, run_id, deadline)
             self._wait_served(version, deadline)
             self.log.history_batch_s = time.perf_counter() - started
         if self.arm.follows:
@@ -327,11 +328,14 @@ class ArmDriver:
         response = self.trainer.get(f"/v1/specs/{EVALUATION_SPEC}/versions/latest")
         return int(response.json()["version"]) if response.status_code == 200 else 0
 
-    def _wait_version(self, at_least: int, deadline: float) -> int:
+    def _wait_version(self, at_least: int, run_id: str, deadline: float) -> int:
         while time.monotonic() < deadline:
             version = self._latest_version()
             if version >= at_least:
                 return version
+            answer = self._run(run_id)
+            if answer is not None and answer["run"]["status"] in ENDED:
+                raise ReplayError(f"{self.arm.name}: run {run_id} ended: {answer['run']}")
             time.sleep(0.5)
         raise ReplayError(f"{self.arm.name}: no model version {at_least} in time")
 
