@@ -16,7 +16,8 @@ from inference.catalog import ItemsIn, Tag
 from inference.state import InferenceState
 
 router = APIRouter(prefix="/v1")
-# The hot path: endpoints that validate their own input (see ``RawRoute``).
+# The hot path: endpoints that validate their own input (see ``RawRoute``), which the app also
+# serves without going through the middleware stack (``ServiceApp.include_hot_router``).
 hot = APIRouter(prefix="/v1", route_class=RawRoute)
 
 
@@ -71,7 +72,8 @@ async def recommendations(request: Request) -> Response:
     """Top-K for a user from their fresh features and the served model (or a fallback).
 
     A raw route: the query is validated by ``RecommendationQuery`` here, which skips FastAPI's
-    per-request dependency solving (about a tenth of the request's CPU).
+    per-request dependency solving (about a tenth of the request's CPU); a hot one: dispatched
+    straight from the app, past the middleware stack (about a fifth).
     """
     state = _state(request)
     settings = state.settings

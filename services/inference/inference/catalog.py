@@ -48,6 +48,8 @@ class ItemsIn(BaseModel):
 class _Masks:
     key: tuple[int, int] = (-1, -1)
     unavailable: npt.NDArray[np.bool_] | None = None
+    # The same as row numbers: usually empty, and then a request skips the masking altogether.
+    unavailable_rows: npt.NDArray[np.intp] | None = None
     by_tag: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
 
 
@@ -115,13 +117,20 @@ class ItemCatalog:
                 dtype=np.bool_,
                 count=len(ids),
             )
-            self._masks = _Masks(key=key, unavailable=unavailable)
+            self._masks = _Masks(
+                key=key, unavailable=unavailable, unavailable_rows=np.flatnonzero(unavailable)
+            )
         return self._masks
 
     def unavailable_mask(self, model: ServedModel) -> npt.NDArray[np.bool_]:
         masks = self._current_masks(model)
         assert masks.unavailable is not None
         return masks.unavailable
+
+    def unavailable_rows(self, model: ServedModel) -> npt.NDArray[np.intp]:
+        masks = self._current_masks(model)
+        assert masks.unavailable_rows is not None
+        return masks.unavailable_rows
 
     def tag_mask(self, model: ServedModel, tag: str) -> npt.NDArray[np.bool_]:
         """True where the item does NOT carry ``tag`` (so it is filtered out)."""

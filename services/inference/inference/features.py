@@ -218,6 +218,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _texts(values: list[Any]) -> list[str]:
+    """A reply's members as text, at C speed: one join, decode and split instead of a Python
+    call per member (a seen set has hundreds; decoding them one by one cost about a tenth of a
+    request's CPU). Item ids are printable (``EntityId``), so the NUL separator is never in one."""
+    if values and isinstance(values[0], bytes):
+        return b"\0".join(values).decode().split("\0")
+    return [_text(value) for value in values]
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -397,8 +406,8 @@ class FeatureStore:
             replies = await pipe.execute()
         recent, seen = replies[0], replies[1]
         return UserFeatures(
-            recent=[_text(i) for i in recent],
-            seen=[_text(i) for i in seen],
+            recent=_texts(recent),
+            seen=_texts(seen),
             counts={_text(k): int(v) for k, v in replies[2].items()} if counts else {},
         )
 

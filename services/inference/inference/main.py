@@ -80,6 +80,6 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         lifespan,
     )
     registry = http_metrics.registry
-    app.include_router(hot)
+    app.include_hot_router(hot)  # also served past the middleware stack (ServiceApp)
     app.include_router(router)
     return app

@@ -17,7 +17,8 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,40 @@ class ServedModel:
     # Unit-norm output embeddings, for similar items (computed once per version).
     normalized: npt.NDArray[np.float32]
     loaded_at: float
+    # Row n: the pooling weights of a history of n known items (softmax over the first n
+    # position logits, zeros after). They depend on n only, so they are computed once here.
+    attention: npt.NDArray[np.float32] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        logits = self.scorer.weights.position_logits
+        table = np.zeros((len(logits) + 1, len(logits)), dtype=np.float32)
+        for n in range(1, len(logits) + 1):
+            weights = np.exp(logits[:n] - logits[:n].max())
+            table[n, :n] = weights / weights.sum()
+        object.__setattr__(self, "attention", table)
 
     @property
     def history_length(self) -> int:
         return self.scorer.weights.history_length
+
+    def scores(self, recent: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One user's scores over the catalogue, from their recent items (newest first).
+
+        The same model as ``ItemPoolingScorer.user_vectors`` + ``scores`` (tested against
+        them), specialised for one user: the batch form pads, masks and recomputes the softmax
+        per call, a dozen NumPy calls that cost several times the two small matmuls left here.
+        """
+        weights = self.scorer.weights
+        get = self.scorer.rows.get
+        rows = [row for row in map(get, recent[: self.history_length]) if row is not None]
+        user: npt.NDArray[np.float32]
+        if rows:
+            pooled = self.attention[len(rows), : len(rows)] @ weights.item_in[rows]
+            user = pooled @ weights.projection + weights.projection_bias  # type: ignore[assignment]
+        else:
+            user = weights.projection_bias  # no known history: the model's prior
+        scores: npt.NDArray[np.float32] = weights.item_out @ user + weights.item_bias
+        return scores
 
 
 def _prepare(folder: Path, spec_id: str, version: int, digest: str) -> ServedModel:
@@ -66,8 +97,9 @@ def _prepare(folder: Path, spec_id: str, version: int, digest: str) -> ServedMod
     out = scorer.weights.item_out
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     normalized = (out / np.maximum(norms, 1e-12)).astype(np.float32)
-    scorer.scores(scorer.user_vectors(scorer.history_rows([scorer.weights.item_ids[:1]])))
-    return ServedModel(spec_id, version, digest, scorer, normalized, time.time())
+    served = ServedModel(spec_id, version, digest, scorer, normalized, time.time())
+    served.scores(scorer.weights.item_ids[:1])
+    return served
 
 
 class ModelMetrics:

@@ -11,7 +11,9 @@ Every answer says which path it took (``fallback``), and a metric counts them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ class Recommender:
             ["path"],
             registry=registry,
         )
+        self._answer_counters: dict[str | None, Counter] = {}
         # Popularity kept in memory, for when Redis is gone.
         self._memory_popular: list[tuple[str, float]] = []
         self._mirror = BackgroundTask("popularity-mirror", self._refresh_memory)
@@ -113,30 +116,34 @@ class Recommender:
             features = None
         if features is None:
             if model is not None:
-                items = self._score(model, [], set(exclude), tag, k)
+                items = self._score(model, [], exclude, tag, k)
                 return self._answer(items, version, "model_without_features", rec_id)
             items = self._filter(self._memory_popular, set(exclude), tag, k)
             return self._answer(items, None, "memory_popularity", rec_id)
-        excluded = set(exclude)
+        if model is not None and features.recent:
+            # Personalised. The exclusions go to the scores as rows, so no set is built.
+            excluded = [*exclude, *features.seen] if exclude_seen else exclude
+            items = self._score(model, features.recent, excluded, tag, k)
+            return self._answer(items, version, None, rec_id)
+        excluded_set = set(exclude)
         if exclude_seen:
-            excluded.update(features.seen)
-        if model is None or not features.recent:
-            path = "trending" if trending else "popularity"
-            try:
-                source = self.features.trending if trending else self.features.popular
-                ranked = await asyncio.wait_for(
-                    source(k * 4 + len(excluded), excluded), self.feature_timeout_s
-                )
-            except (RedisError, OSError, TimeoutError):
-                ranked, path = self._memory_popular, "memory_popularity"
-            return self._answer(self._filter(ranked, excluded, tag, k), version, path, rec_id)
-        items = self._score(model, features.recent, excluded, tag, k)
-        return self._answer(items, version, None, rec_id)
+            excluded_set.update(features.seen)
+        path = "trending" if trending else "popularity"
+        try:
+            source = self.features.trending if trending else self.features.popular
+            async with asyncio.timeout(self.feature_timeout_s):
+                ranked = await source(k * 4 + len(excluded_set), excluded_set)
+        except (RedisError, OSError, TimeoutError):
+            ranked, path = self._memory_popular, "memory_popularity"
+        return self._answer(self._filter(ranked, excluded_set, tag, k), version, path, rec_id)
 
     def _answer(
         self, items: list[tuple[str, float]], version: int | None, path: str | None, rec_id: str
     ) -> Recommendation:
-        self.answers.labels(path or "model").inc()
+        counter = self._answer_counters.get(path)
+        if counter is None:  # labels() takes a lock and builds a key: once per path
+            counter = self._answer_counters[path] = self.answers.labels(path or "model")
+        counter.inc()
         return Recommendation(items, version, path, rec_id)
 
     def _filter(
@@ -154,24 +161,31 @@ class Recommender:
         self,
         model: ServedModel,
         recent: list[str],
-        excluded: set[str],
+        excluded: Collection[str],
         tag: str | None,
         k: int,
     ) -> list[tuple[str, float]]:
-        scorer = model.scorer
-        rows = scorer.history_rows([recent[: model.history_length]])
-        scores = scorer.scores(scorer.user_vectors(rows))[0]
-        scores[self.catalog.unavailable_mask(model)] = -np.inf
+        scores = model.scores(recent)
+        unavailable = self.catalog.unavailable_rows(model)
+        if len(unavailable):
+            scores[unavailable] = -np.inf
         if tag is not None:
             scores[self.catalog.tag_mask(model, tag)] = -np.inf
         if excluded:
-            known = [scorer.rows[i] for i in excluded if i in scorer.rows]
-            scores[known] = -np.inf
+            # A seen set has hundreds of items: fromiter over map runs the lookups in C (-1 for
+            # an item the model does not know), a Python loop over them cost ~5 % of a request.
+            lookup = map(model.scorer.rows.get, excluded, itertools.repeat(-1))
+            rows = np.fromiter(lookup, dtype=np.intp, count=len(excluded))
+            scores[rows[rows >= 0]] = -np.inf
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top])]
-        ids = scorer.weights.item_ids
-        return [(ids[r], float(scores[r])) for r in top if np.isfinite(scores[r])]
+        ids = model.scorer.weights.item_ids
+        return [
+            (ids[row], score)
+            for row, score in zip(top.tolist(), scores[top].tolist(), strict=True)
+            if math.isfinite(score)
+        ]
 
     def similar(self, model: ServedModel, item_id: str, k: int) -> list[tuple[str, float]] | None:
         row = model.scorer.rows.get(item_id)
