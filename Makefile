@@ -53,6 +53,12 @@ bench-inference: setup ## Recommendation latency, open loop, 1,000 events/s inge
 clean: down ## Stop the stack and remove run data (.run/)
 	@rm -rf .run
 
-.PHONY: bench-eval
-bench-eval: setup ## Recommendation quality of the in-process peers (ML-100K if present, synthetic)
+.PHONY: bench-eval bench-report bench
+bench-eval: setup ## Quality: arms 1-6 through the real stack + in-process peers (ML-100K if present, synthetic)
 	@$(PY) benchmarks/evaluation.py
+
+bench-report: ## One report (benchmarks/results/REPORT.md) from the benchmarks' latest JSON
+	@$(PY) benchmarks/report.py
+
+bench: setup ## Every benchmark in turn, then the report
+	@$(MAKE) --no-print-directory bench-ingest bench-trainer bench-freshness bench-scoring bench-inference bench-eval bench-report

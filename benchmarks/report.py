@@ -1,0 +1,200 @@
+"""One report from the benchmarks' JSON files: each figure next to the baseline its benchmark
+measured in the same run (issue 5, "System benchmarks in the same suite").
+
+Reads ``benchmarks/results/*.json`` and ``benchmarks/results/evaluation/<dataset>/results.json``
+as the benchmarks last wrote them (a missing one is reported as not run), prints Markdown and
+writes ``benchmarks/results/REPORT.md``. ``make bench`` runs every benchmark, then this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _ratio(value: float | None, baseline: float | None) -> str:
+    if value is None or not baseline:
+        return "–"
+    return f"{value / baseline:.2f}"
+
+
+def ingest(data: dict[str, Any]) -> list[str]:
+    single = data["ingest_single"]["events_per_s"]
+    batch = data["ingest_batch"]["events_per_s"]
+    trivial = data["trivial_endpoint"]["requests_per_s"]
+    raw = data["raw_producer"]["events_per_s"]
+    return [
+        "| ingest | figure | baseline (same run) | ratio |",
+        "|---|---:|---:|---:|",
+        f"| 1 event/POST | {single:,.0f} events/s | trivial endpoint {trivial:,.0f} req/s "
+        f"| {_ratio(single, trivial)} |",
+        f"| 100-event batches | {batch:,.0f} events/s | raw aiokafka producer {raw:,.0f} "
+        f"events/s | {_ratio(batch, raw)} |",
+    ]
+
+
+def inference(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| recommendations (1,682 items) | p50 / p99 ms | trivial endpoint p50 / p99 "
+        "| Redis GET p50 / p99 |",
+        "|---|---:|---:|---:|",
+    ]
+    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
+    for entry in data["catalogue_a"]["latency"]:
+        by_rate.setdefault(entry["offered_rps"], {})[entry["target"]] = entry
+
+    def cell(entry: dict[str, Any] | None) -> str:
+        return f"{entry['p50_ms']:.2f} / {entry['p99_ms']:.2f}" if entry else "–"
+
+    for rate, targets in sorted(by_rate.items()):
+        service = targets.get("inference a")
+        trivial = next((v for k, v in targets.items() if "trivial" in k), None)
+        redis = next((v for k, v in targets.items() if "redis" in k.lower()), None)
+        lines.append(f"| {rate:,.0f} req/s | {cell(service)} | {cell(trivial)} | {cell(redis)} |")
+    saturation = data["catalogue_a"]["saturation"]
+    service_sat = saturation["inference"].get("saturation_rps")
+    trivial_sat = (saturation.get("trivial_endpoint") or {}).get("saturation_rps")
+    wrk = data["catalogue_a"]["wrk_closed_loop"]
+    lines += [
+        "",
+        f"Open-loop saturation ({saturation['inference'].get('criterion', '')}): "
+        f"{service_sat or 0:,.0f} req/s (trivial endpoint {trivial_sat or 0:,.0f}); closed loop "
+        f"(wrk): {wrk['inference']['requests_per_s']:,.0f} req/s vs the trivial endpoint's "
+        f"{wrk['trivial']['requests_per_s']:,.0f} "
+        f"({_ratio(wrk['inference']['requests_per_s'], wrk['trivial']['requests_per_s'])}).",
+    ]
+    b = data.get("catalogue_b")
+    if b:
+        cells = ", ".join(
+            f"{e['offered_rps']:,.0f} req/s {e['p50_ms']:.2f} / {e['p99_ms']:.2f} ms"
+            for e in b["latency"]
+            if e["target"] == "inference b"
+        )
+        lines.append(f"100,000 items: {cells}.")
+    fresh = data["catalogue_a"].get("feature_freshness")
+    if fresh:
+        lines.append(
+            f"Feature freshness (ingest 202 → visible in Redis, histogram bucket bounds) during "
+            f"the load: p50 ≤ {fresh['p50_le_s'] * 1000:.0f} ms, p99 ≤ "
+            f"{fresh['p99_le_s'] * 1000:.0f} ms over {fresh['events']:,} events."
+        )
+    return lines
+
+
+def freshness(data: dict[str, Any]) -> list[str]:
+    served = data["served_freshness_first_covering_version"]
+    conservative = data["served_freshness_conservative"]
+    return [
+        f"Model freshness (ingest 202 → a served version trained on the event), "
+        f"{data['offered_events_per_s']:,.0f} events/s offered: p50 {served['p50_s']:.2f} s, "
+        f"p99 {served['p99_s']:.2f} s (conservative, held-out events counted one version "
+        f"later: p99 {conservative['p99_s']:.2f} s); {data['versions_during_load']} versions "
+        f"during the load, {data['failed_requests']} failed requests."
+    ]
+
+
+def trainer(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| trainer spec | from Kafka ev/s | in-memory tensors ev/s (baseline) | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, spec in data["specs"].items():
+        kafka = spec["from_kafka"]["events_per_s"]
+        tensors = spec["tensors"]["events_per_s"]
+        lines.append(f"| {name} | {kafka:,.0f} | {tensors:,.0f} | {_ratio(kafka, tensors)} |")
+    return lines
+
+
+def scoring(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| scoring one user | NumPy p50 µs | tf.function p50 µs | Keras predict p50 µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for size, ways in data["results"].items():
+        lines.append(
+            f"| {size.replace('_', ' ')} | {ways['numpy']['p50_us']:,.0f} "
+            f"| {ways['tf_function']['p50_us']:,.0f} | {ways['keras_predict']['p50_us']:,.0f} |"
+        )
+    return lines
+
+
+def evaluation(folder: Path) -> list[str]:
+    lines: list[str] = []
+    for results in sorted(folder.glob("*/results.json")):
+        data = _load(results)
+        if not data:
+            continue
+        arms = {r["arm"]: r for r in data["results"]}
+        base = arms.get("popularity-history", {}).get("metrics", {}).get("hr@10")
+        lines += [
+            f"**{data['dataset']}** ({data.get('created_at', '?')}):",
+            "",
+            "| arm | HR@10 | NDCG@10 | HR@10 / popularity-history |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, arm in arms.items():
+            metrics = arm["metrics"]
+            lines.append(
+                f"| {name} | {metrics['hr@10']:.3f} | {metrics['ndcg@10']:.3f} "
+                f"| {_ratio(metrics['hr@10'], base)} |"
+            )
+        lines.append("")
+    return lines
+
+
+SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
+    ("Ingest", "ingest_throughput.json", ingest),
+    ("Inference latency", "inference_latency.json", inference),
+    ("Model freshness", "model_freshness.json", freshness),
+    ("Trainer throughput", "trainer_throughput.json", trainer),
+    ("Scoring", "scoring.json", scoring),
+]
+
+
+def build(results: Path) -> str:
+    out = ["# streamrec benchmark report", ""]
+    for title, name, render in SECTIONS:
+        out += [f"## {title}", ""]
+        data = _load(results / name)
+        try:
+            out += render(data) if data else [f"not run (`{name}` missing)"]
+        except (KeyError, TypeError) as error:  # an older file without the fields used here
+            out += [f"`{name}` has not the expected fields ({error!r}): rerun its benchmark"]
+        out.append("")
+    out += ["## Recommendation quality (prequential, same run per dataset)", ""]
+    out += evaluation(results / "evaluation") or ["not run", ""]
+    out += [
+        "## Gateway overhead",
+        "",
+        "not measured: the gateway's routing and canary split are the next issue.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    options = parser.parse_args()
+    text = build(options.results)
+    (options.results / "REPORT.md").write_text(text, encoding="utf-8")
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
