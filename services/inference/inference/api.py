@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,8 +51,14 @@ _LISTS = frozenset({"exclude"})
 
 
 def _query(request: Request) -> RecommendationQuery:
-    params = request.query_params
-    raw = {key: params.getlist(key) if key in _LISTS else params[key] for key in params}
+    # parse_qsl straight from the scope, as Starlette's QueryParams does (the last value of a
+    # repeated scalar wins) without building its multi-dict for every request.
+    raw: dict[str, Any] = {}
+    for key, value in parse_qsl(request.scope["query_string"].decode("latin-1"), True):
+        if key in _LISTS:
+            raw.setdefault(key, []).append(value)
+        else:
+            raw[key] = value
     try:
         return RecommendationQuery.model_validate(raw)
     except ValidationError as error:
