@@ -39,11 +39,11 @@ from streamrec_dev.servers import KafkaServer, free_port  # noqa: E402
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
 from streamrec_shared.kafka import ResilientProducer, build_producer, ensure_topics  # noqa: E402
 from streamrec_shared.schemas.control import FollowStream, TrainRequested  # noqa: E402
-from streamrec_shared.schemas.events import EventIn, decode_interaction  # noqa: E402
+from streamrec_shared.schemas.events import EventIn  # noqa: E402
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters  # noqa: E402
 from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
 from trainer.config import TrainerSettings  # noqa: E402
-from trainer.learner import Learner, Reservoir, _concat  # noqa: E402
+from trainer.learner import Learner, Reservoir, _concat, decode_records  # noqa: E402
 from trainer.metrics import TrainerMetrics  # noqa: E402
 from trainer.model.item_pooling import Batch, ItemPoolingModel  # noqa: E402
 from trainer.registry import Registry  # noqa: E402
@@ -68,14 +68,11 @@ def records(count: int) -> list[tuple[bytes, bytes]]:
 def from_tensors(hp: ItemPoolingHyperparameters, values: list[bytes]) -> dict[str, float]:
     """The TF step alone: examples prepared as arrays beforehand, same replay mix."""
     prepare = Learner(hp)
-    for offset, value in enumerate(values):
-        interaction = decode_interaction(value)
-        if interaction is not None:
-            prepare.observe(interaction, 0, offset)
+    decoded = decode_records(values)
+    prepare.observe_many(decoded.users, decoded.items, decoded.weights, None, {0: len(values)})
     items = len(prepare.item_ids)
-    history = np.asarray(prepare.pending.history, dtype=np.int32)
-    target = np.asarray(prepare.pending.target, dtype=np.int32)
-    weight = np.asarray(prepare.pending.weight, dtype=np.float32)
+    examples = prepare.pending.arrays()
+    history, target, weight = examples.history, examples.target, examples.weight
     model = ItemPoolingModel(hp)
     model.ensure_capacity(items)
     replay = Reservoir(hp.replay_buffer, hp.history_length, 0)
@@ -104,12 +101,15 @@ def learner_in_memory(hp: ItemPoolingHyperparameters, values: list[bytes]) -> di
     started = time.perf_counter()
     chunk = 16_384
     for begin in range(0, len(values), chunk):
-        for offset in range(begin, min(begin + chunk, len(values))):
-            interaction = decode_interaction(values[offset])
-            if interaction is None:
-                learner.skip(0, offset)
-            else:
-                learner.observe(interaction, 0, offset)
+        # What the run's prep thread does with a fetch, then what its training thread does.
+        decoded = decode_records(values[begin : begin + chunk])
+        learner.observe_many(
+            decoded.users,
+            decoded.items,
+            decoded.weights,
+            None,
+            {0: min(begin + chunk, len(values))},
+        )
         learner.train_pending()
     learner.train_pending(flush=True)
     elapsed = time.perf_counter() - started
@@ -147,26 +147,36 @@ async def from_kafka(
     register_run(registry, request)
     run = TrainingRun(services, request)
     task = asyncio.create_task(run.run())
-    first: float | None = None
+    fresh_per_step = round(hp.batch_size * (1 - hp.replay_fraction))
+    first: tuple[float, int, int] | None = None
     try:
-        while run.progress.events_observed < count:
+        # From the first trained step until every event is read and every full mini-batch of
+        # them trained (the held-out share waits for a publish decision, which never comes here).
+        while True:
             if task.done():
                 raise RuntimeError(f"run ended early: {task.result()}")
-            if first is None and run.progress.events_observed > 0:
-                first = time.perf_counter()
-                first_count = run.progress.events_observed
-            await asyncio.sleep(0.01)
+            learner = run.learner
+            if learner is not None:
+                observed, trained = learner.events_observed, learner.events_trained
+                if first is None and trained > 0:
+                    first = (time.perf_counter(), observed, trained)
+                untrained = observed - trained - len(learner.heldout)
+                if observed >= count and untrained < fresh_per_step:
+                    break
+            await asyncio.sleep(0.002)
         done = time.perf_counter()
-        trained = run.progress.events_trained
+        heldout = len(learner.heldout)
     finally:
         run.request_stop(final=False)
         await task
         await producer.stop()
         registry.close()
     assert first is not None
-    measured = count - first_count
-    return {"events_per_s": measured / (done - first), "seconds": done - first,
-            "events_trained_at_end": trained}  # fmt: skip
+    seconds = done - first[0]
+    return {"events_per_s": (trained - first[2]) / seconds,
+            "observed_events_per_s": (observed - first[1]) / seconds,
+            "seconds": seconds, "events_trained_at_end": trained,
+            "heldout_at_end": heldout}  # fmt: skip
 
 
 async def produce_all(
@@ -204,7 +214,10 @@ def measure_spec(
     print(f"[{name}] learner, in memory: {memory['events_per_s']:>10,.0f} events/s")
     (home / name).mkdir()
     kafka_run = asyncio.run(from_kafka(kafka, topics, home / name, len(payloads), hp))
-    print(f"[{name}] from Kafka:         {kafka_run['events_per_s']:>10,.0f} events/s")
+    print(
+        f"[{name}] from Kafka:         {kafka_run['events_per_s']:>10,.0f} events/s trained"
+        f" ({kafka_run['observed_events_per_s']:,.0f} read, a share of them held out)"
+    )
     ratios = {
         "kafka_vs_tensors": kafka_run["events_per_s"] / tensors["events_per_s"],
         "kafka_vs_learner_in_memory": kafka_run["events_per_s"] / memory["events_per_s"],

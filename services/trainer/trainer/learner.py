@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy.typing as npt
 import orjson
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights
 from streamrec_shared.ranking import rank_metrics, tied_ranks
-from streamrec_shared.schemas.events import Interaction
+from streamrec_shared.schemas.events import INTERACTION_WEIGHTS, Interaction, decode_interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 
 from trainer.model.item_pooling import Batch, ItemPoolingModel
@@ -41,40 +41,126 @@ Ints = npt.NDArray[np.int32]
 
 @dataclass
 class UserState:
+    """One user's state as the rest of the code sees it (a view: the learner keeps all users'
+    recent items in one array)."""
+
     recent: deque[int]
     # Insertion-ordered set of rows, capped (oldest dropped): the exclusion list for ranking.
     seen: dict[int, None] = field(default_factory=dict)
 
 
-@dataclass
 class Examples:
-    """Examples in arrival order, as Python lists until a step needs them as arrays."""
+    """Examples in arrival order, kept as NumPy chunks (one per observed fetch) so that taking
+    a mini-batch is a slice, not a conversion of Python lists."""
 
-    history: list[list[int]] = field(default_factory=list)
-    target: list[int] = field(default_factory=list)
-    weight: list[float] = field(default_factory=list)
-    seen: list[list[int]] = field(default_factory=list)  # only kept for held-out examples
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._chunks: deque[Batch] = deque()
+        self._head = 0  # examples of the first chunk already taken
+        self._count = 0
+        self.seen: list[list[int]] = []  # only kept for held-out examples
 
     def __len__(self) -> int:
-        return len(self.target)
+        return self._count
+
+    def append(self, batch: Batch, seen: list[list[int]] | None = None) -> None:
+        if len(batch) == 0:
+            return
+        self._chunks.append(batch)
+        self._count += len(batch)
+        if seen is not None:
+            self.seen.extend(seen)
 
     def take(self, count: int) -> Batch:
-        batch = Batch(
-            history=np.asarray(self.history[:count], dtype=np.int32),
-            target=np.asarray(self.target[:count], dtype=np.int32),
-            weight=np.asarray(self.weight[:count], dtype=np.float32),
-        )
-        del self.history[:count], self.target[:count], self.weight[:count], self.seen[:count]
-        return batch
+        """The oldest ``count`` examples (fewer if there are fewer), removed from here."""
+        parts: list[Batch] = []
+        wanted = min(count, self._count)
+        while wanted > 0:
+            chunk = self._chunks[0]
+            available = len(chunk) - self._head
+            used = min(available, wanted)
+            end = self._head + used
+            parts.append(
+                Batch(chunk.history[self._head : end], chunk.target[self._head : end],
+                      chunk.weight[self._head : end])
+            )  # fmt: skip
+            wanted -= used
+            if end == len(chunk):
+                self._chunks.popleft()
+                self._head = 0
+            else:
+                self._head = end
+        taken = sum(len(part) for part in parts)
+        self._count -= taken
+        del self.seen[:taken]
+        return _concat_all(parts, self.length)
+
+    def arrays(self) -> Batch:
+        """Every example, oldest first (a copy)."""
+        chunks = list(self._chunks)
+        if chunks and self._head:
+            first = chunks[0]
+            chunks[0] = Batch(
+                first.history[self._head :], first.target[self._head :], first.weight[self._head :]
+            )
+        return _concat_all(chunks, self.length)
+
+    @property
+    def history(self) -> list[list[int]]:
+        return self.arrays().history.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def target(self) -> list[int]:
+        return self.arrays().target.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def weight(self) -> list[float]:
+        return self.arrays().weight.tolist()  # type: ignore[no-any-return]
 
     def extend(self, other: Examples) -> None:
-        self.history.extend(other.history)
-        self.target.extend(other.target)
-        self.weight.extend(other.weight)
+        self.append(other.arrays())
 
     def clear(self) -> None:
-        for column in (self.history, self.target, self.weight, self.seen):
-            column.clear()
+        self._chunks.clear()
+        self._head = 0
+        self._count = 0
+        self.seen.clear()
+
+
+def _concat_all(parts: list[Batch], length: int) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return Batch(
+            np.zeros((0, length), np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        )
+    return Batch(
+        history=np.concatenate([part.history for part in parts]),
+        target=np.concatenate([part.target for part in parts]),
+        weight=np.concatenate([part.weight for part in parts]),
+    )
+
+
+class _Users(Mapping[str, UserState]):
+    """Read-only view of the per-user state, by user id."""
+
+    def __init__(self, learner: Learner) -> None:
+        self._learner = learner
+
+    def __getitem__(self, user: str) -> UserState:
+        learner = self._learner
+        row = learner.user_rows[user]
+        recent = learner.recent[row]
+        return UserState(
+            recent=deque(recent[recent >= 0][::-1].tolist(), maxlen=learner.hp.history_length),
+            seen=learner.seen[row],
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._learner.user_ids)
+
+    def __len__(self) -> int:
+        return len(self._learner.user_ids)
 
 
 class Reservoir:
@@ -118,6 +204,54 @@ class Reservoir:
         return Batch(self.history[index], self.target[index], self.weight[index])
 
 
+@dataclass
+class Decoded:
+    """The interactions among some event records, in order, as columns; ``rejected`` holds
+    ``(index, error)`` for the records that are not event records (for the dead-letter topic).
+    Records of other event types are left out silently."""
+
+    users: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    timestamps: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def decode_records(values: Iterable[bytes | None]) -> Decoded:
+    """``decode_interaction`` for many records, without an object per record.
+
+    The fast path does what ``decode_interaction`` does (parse, look the type up, read the four
+    fields); anything unusual goes through ``decode_interaction`` itself, so the outcome and the
+    error text are the same record for record.
+    """
+    out = Decoded()
+    users, items, weights, timestamps = out.users, out.items, out.weights, out.timestamps
+    loads = orjson.loads
+    weight_of = INTERACTION_WEIGHTS.get
+    for index, value in enumerate(values):
+        try:
+            record = loads(value)  # type: ignore[arg-type]
+            weight = weight_of(record["type"])
+            if weight is None:
+                continue
+            user, item, timestamp = record["user_id"], record["item_id"], record["timestamp"]
+        except Exception:  # the reference decoder decides
+            try:
+                interaction = decode_interaction(value or b"")
+            except ValueError as error:
+                out.rejected.append((index, str(error)))
+                continue
+            if interaction is None:
+                continue
+            user, item = interaction.user_id, interaction.item_id
+            weight, timestamp = interaction.weight, interaction.timestamp
+        users.append(user)
+        items.append(item)
+        weights.append(weight)
+        timestamps.append(timestamp)
+    return out
+
+
 def _concat(first: Batch, second: Batch | None) -> Batch:
     if second is None:
         return first
@@ -135,19 +269,28 @@ class Learner:
         self.model = ItemPoolingModel(hyperparameters)
         self.item_ids: list[str] = []
         self.item_rows: dict[str, int] = {}
-        self.users: dict[str, UserState] = {}
+        # Users: a row each; ``recent[row]`` is the newest-first history (-1 padded), exactly an
+        # example's input, and ``seen[row]`` the capped insertion-ordered set of seen items.
+        self.user_ids: list[str] = []
+        self.user_rows: dict[str, int] = {}
+        self.recent = np.full((1024, hyperparameters.history_length), -1, dtype=np.int32)
+        self.seen: list[dict[int, None]] = []
         self.replay = Reservoir(
             hyperparameters.replay_buffer, hyperparameters.history_length, hyperparameters.seed
         )
-        self.pending = Examples()
+        self.pending = Examples(hyperparameters.history_length)
         # One thread may observe (append to pending) while another trains (takes from it).
         self._pending_lock = threading.Lock()
-        self.heldout = Examples()
+        self.heldout = Examples(hyperparameters.history_length)
         # Per partition, the first offset not yet observed.
         self.position: dict[int, int] = {}
         self.events_observed = 0
         self.events_trained = 0
         self.last_loss: float | None = None
+
+    @property
+    def users(self) -> Mapping[str, UserState]:
+        return _Users(self)
 
     # --- observing -----------------------------------------------------------------------
 
@@ -167,31 +310,122 @@ class Learner:
         A repeat of an item the user has seen is trained on but never held out: ranking
         excludes seen items, so it could not be scored.
         """
-        row = self.item_row(interaction.item_id)
-        state = self.users.get(interaction.user_id)
-        if state is None:
-            state = UserState(recent=deque(maxlen=self.hp.history_length))
-            self.users[interaction.user_id] = state
-        history = list(reversed(state.recent))
-        history.extend([-1] * (self.hp.history_length - len(history)))
-        repeat = row in state.seen
-        if hold_out and not repeat:
-            self.heldout.history.append(history)
-            self.heldout.target.append(row)
-            self.heldout.weight.append(interaction.weight)
-            self.heldout.seen.append(list(state.seen))
-        else:
+        self.observe_many(
+            [interaction.user_id],
+            [interaction.item_id],
+            [interaction.weight],
+            [hold_out] if hold_out else None,
+            {partition: offset + 1},
+        )
+
+    def observe_many(
+        self,
+        users: Sequence[str],
+        items: Sequence[str],
+        weights: Sequence[float],
+        hold_out: Sequence[bool] | None,
+        positions: Mapping[int, int],
+    ) -> None:
+        """``observe`` for a sequence of events in stream order (same result, one event after
+        the other), then ``position[p] = positions[p]``. The per-event Python work is the id
+        lookups and the seen sets; histories are built for the whole sequence with NumPy."""
+        count = len(users)
+        if count:
+            rows = self._rows(self.item_rows, self.item_ids, items)
+            user_rows = self._rows(self.user_rows, self.user_ids, users)
+            self._grow_users(len(self.user_ids))
+            held, held_seen = self._update_seen(user_rows, rows, hold_out)
+            target = np.asarray(rows, dtype=np.int32)
+            history = self._histories(np.asarray(user_rows, dtype=np.int64), target)
+            weight = np.asarray(weights, dtype=np.float32)
+            if held:
+                index = np.asarray(held)
+                keep = np.ones(count, dtype=bool)
+                keep[index] = False
+                self.heldout.append(Batch(history[index], target[index], weight[index]), held_seen)
+                fresh = Batch(history[keep], target[keep], weight[keep])
+            else:
+                fresh = Batch(history, target, weight)
             with self._pending_lock:
-                self.pending.history.append(history)
-                self.pending.target.append(row)
-                self.pending.weight.append(interaction.weight)
-        state.recent.append(row)
-        if not repeat:
-            state.seen[row] = None
-            if len(state.seen) > self.max_seen:
-                del state.seen[next(iter(state.seen))]
-        self.position[partition] = offset + 1
-        self.events_observed += 1
+                self.pending.append(fresh)
+            self.events_observed += count
+        self.position.update(positions)
+
+    @staticmethod
+    def _rows(rows_of: dict[str, int], ids: list[str], keys: Sequence[str]) -> list[int]:
+        """Rows of ``keys``, new keys getting the next rows in order of first appearance."""
+        known = len(ids)
+        rows = [rows_of.setdefault(key, len(rows_of)) for key in keys]
+        if len(rows_of) > known:
+            # New keys are listed (in row order) only now, after every row is assigned.
+            new = [(row, key) for row, key in zip(rows, keys, strict=True) if row >= known]
+            ids.extend(key for _, key in sorted(dict(new).items()))
+        return rows
+
+    def _grow_users(self, users: int) -> None:
+        if users > len(self.recent):
+            grown = np.full(
+                (max(users, 2 * len(self.recent)), self.hp.history_length), -1, dtype=np.int32
+            )
+            grown[: len(self.recent)] = self.recent
+            self.recent = grown
+        self.seen.extend({} for _ in range(users - len(self.seen)))
+
+    def _update_seen(
+        self, user_rows: list[int], rows: list[int], hold_out: Sequence[bool] | None
+    ) -> tuple[list[int], list[list[int]]]:
+        """Add each event's item to its user's seen set (the one per-event loop); returns the
+        held-out events (held out and not a repeat) and their seen sets before the event."""
+        seen = self.seen
+        cap = self.max_seen
+        held: list[int] = []
+        held_seen: list[list[int]] = []
+        if hold_out is None:
+            for user, row in zip(user_rows, rows, strict=True):
+                items = seen[user]
+                if row not in items:
+                    items[row] = None
+                    if len(items) > cap:
+                        del items[next(iter(items))]
+            return held, held_seen
+        for index, (user, row, hold) in enumerate(zip(user_rows, rows, hold_out, strict=True)):
+            items = seen[user]
+            if row in items:
+                continue  # a repeat: trained, never held out
+            if hold:
+                held.append(index)
+                held_seen.append(list(items))
+            items[row] = None
+            if len(items) > cap:
+                del items[next(iter(items))]
+        return held, held_seen
+
+    def _histories(self, users: npt.NDArray[np.int64], rows: Ints) -> Ints:
+        """Each event's newest-first history, then each user's history after the sequence.
+
+        Events are grouped by user (stably); per group a flat run holds the user's history
+        (oldest first) followed by the group's items, so an event's history is the ``length``
+        entries before it, read backwards.
+        """
+        length = self.hp.history_length
+        count = len(rows)
+        order = np.argsort(users, kind="stable")
+        sorted_users = users[order]
+        starts = np.flatnonzero(np.concatenate([[True], sorted_users[1:] != sorted_users[:-1]]))
+        group_users = sorted_users[starts]
+        sizes = np.diff(np.append(starts, count))
+        groups = len(starts)
+        back = np.arange(1, length + 1)
+        flat = np.empty(groups * length + count, dtype=np.int32)
+        state_at = (np.arange(groups) * length + starts)[:, None] + np.arange(length)
+        flat[state_at] = self.recent[group_users][:, ::-1]
+        event_at = (np.repeat(np.arange(groups), sizes) + 1) * length + np.arange(count)
+        flat[event_at] = rows[order]
+        history = np.empty((count, length), dtype=np.int32)
+        history[order] = flat[event_at[:, None] - back]
+        ends = event_at[starts + sizes - 1] + 1
+        self.recent[group_users] = flat[ends[:, None] - back]
+        return history
 
     def skip(self, partition: int, offset: int) -> None:
         """An offset that carried no interaction (another event type, or dead-lettered)."""
@@ -270,11 +504,12 @@ class Learner:
                 dtype=np.int64,
                 count=len(self.item_ids),
             )
-        history = np.asarray(held.history[start:], dtype=np.int64)
+        examples = held.arrays()
+        history = examples.history[start:].astype(np.int64)
         history = np.where(history >= 0, mapping[np.maximum(history, 0)], -1)
         # Items the scorer does not know drop out and older ones move up, as in serving.
         history = np.take_along_axis(history, np.argsort(history < 0, axis=1, kind="stable"), 1)
-        targets = mapping[np.asarray(held.target[start:], dtype=np.int64)]
+        targets = mapping[examples.target[start:].astype(np.int64)]
         excluded = [mapping[np.asarray(rows, dtype=np.int64)] for rows in held.seen[start:]]
         excluded = [rows[rows >= 0] for rows in excluded]
         above = np.full(count, np.inf, dtype=np.float64)  # unknown targets: never a hit
@@ -295,19 +530,19 @@ class Learner:
         arrays: dict[str, npt.NDArray[Any]] = {
             f"model.{k}": v for k, v in self.model.state(len(self.item_ids)).items()
         }
-        users = list(self.users)
-        arrays["users.recent"], arrays["users.recent_len"] = _ragged(
-            list(self.users[u].recent) for u in users
-        )
+        users = list(self.user_ids)
+        # Per user, the recent rows oldest first (the stored layout since the first version).
+        recent = self.recent[: len(users), ::-1]
+        arrays["users.recent"] = recent[recent >= 0]
+        arrays["users.recent_len"] = (recent >= 0).sum(axis=1).astype(np.int32)
         arrays["users.seen"], arrays["users.seen_len"] = _ragged(
-            list(self.users[u].seen) for u in users
+            list(seen) for seen in self.seen[: len(users)]
         )
         for name, examples in (("pending", self.pending), ("heldout", self.heldout)):
-            arrays[f"{name}.history"] = np.asarray(examples.history, dtype=np.int32).reshape(
-                -1, self.hp.history_length
-            )
-            arrays[f"{name}.target"] = np.asarray(examples.target, dtype=np.int32)
-            arrays[f"{name}.weight"] = np.asarray(examples.weight, dtype=np.float32)
+            stored = examples.arrays()
+            arrays[f"{name}.history"] = stored.history
+            arrays[f"{name}.target"] = stored.target
+            arrays[f"{name}.weight"] = stored.weight
         arrays["heldout.seen"], arrays["heldout.seen_len"] = _ragged(self.heldout.seen)
         size = self.replay.size
         arrays["replay.history"] = self.replay.history[:size]
@@ -345,19 +580,28 @@ class Learner:
             {k.removeprefix("model."): v for k, v in arrays.items() if k.startswith("model.")}
         )
         learner.model.steps = int(meta["steps"])
-        recent = _unragged(arrays["users.recent"], arrays["users.recent_len"])
-        seen = _unragged(arrays["users.seen"], arrays["users.seen_len"])
-        for user, rows, seen_rows in zip(meta["user_ids"], recent, seen, strict=True):
-            learner.users[user] = UserState(
-                recent=deque(rows, maxlen=hyperparameters.history_length),
-                seen=dict.fromkeys(seen_rows),
-            )
-        for name in ("pending", "heldout"):
-            examples: Examples = getattr(learner, name)
-            examples.history = arrays[f"{name}.history"].tolist()
-            examples.target = arrays[f"{name}.target"].tolist()
-            examples.weight = arrays[f"{name}.weight"].tolist()
-        learner.heldout.seen = _unragged(arrays["heldout.seen"], arrays["heldout.seen_len"])
+        user_ids = list(meta["user_ids"])
+        learner.user_ids = user_ids
+        learner.user_rows = {user: row for row, user in enumerate(user_ids)}
+        learner._grow_users(len(user_ids))
+        lengths = arrays["users.recent_len"].astype(np.int64)
+        flat = arrays["users.recent"]
+        if len(flat):
+            # Stored oldest first; kept newest first (the newest of a user is column 0).
+            rows = np.repeat(np.arange(len(user_ids)), lengths)
+            rank = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            learner.recent[rows, np.repeat(lengths, lengths) - 1 - rank] = flat
+        learner.seen = [
+            dict.fromkeys(rows)
+            for rows in _unragged(arrays["users.seen"], arrays["users.seen_len"])
+        ]
+        learner.pending.append(
+            Batch(arrays["pending.history"], arrays["pending.target"], arrays["pending.weight"])
+        )
+        learner.heldout.append(
+            Batch(arrays["heldout.history"], arrays["heldout.target"], arrays["heldout.weight"]),
+            _unragged(arrays["heldout.seen"], arrays["heldout.seen_len"]),
+        )
         size = len(arrays["replay.target"])
         learner.replay.history[:size] = arrays["replay.history"]
         learner.replay.target[:size] = arrays["replay.target"]

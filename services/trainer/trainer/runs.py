@@ -15,16 +15,17 @@ checkpoints so lag tools see progress.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from streamrec_shared.artifacts import DirectoryArtifactStore, StoredArtifact
@@ -47,11 +48,10 @@ from streamrec_shared.schemas.control import (
     TrainingMode,
     TrainRequested,
 )
-from streamrec_shared.schemas.events import Interaction, decode_interaction
 
 from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
-from trainer.learner import Learner
+from trainer.learner import Learner, decode_records
 from trainer.metrics import TrainerMetrics
 from trainer.registry import Registry, RunRecord, RunStatus
 
@@ -157,6 +157,11 @@ class TrainingRun:
         self._random = random.Random(f"{self.run_id}:holdout")  # noqa: S311 - sampling
         self._dead: list[tuple[Record, str]] = []
         self._rate_window: tuple[float, int] = (time.monotonic(), 0)
+
+    @property
+    def learner(self) -> Learner | None:
+        """The run's learner once prepared (read its counters only: threads own it)."""
+        return self._learner
 
     @property
     def group_id(self) -> str:
@@ -273,27 +278,28 @@ class TrainingRun:
 
     # --- the worker's share --------------------------------------------------------------
 
-    def _interactions(self, records: list[Record]) -> Iterator[tuple[int, int, Interaction]]:
-        """The records that are interactions; the others are skipped (and garbage is queued
-        for the dead-letter topic), so the learner's positions move past every record."""
+    def _observe(self, fetched: list[tuple[int, list[ConsumerRecord[bytes, bytes]]]]) -> None:
+        """Prep thread: decode a fetch and build its examples (they train while the next fetch
+        is read). Garbage is queued for the dead-letter topic; the learner's positions move
+        past every record."""
         learner = self._require_learner()
-        for partition, offset, key, value in records:
-            try:
-                interaction = decode_interaction(value or b"")
-            except ValueError as error:
-                self._dead.append(((partition, offset, key, value), str(error)))
-                learner.skip(partition, offset)
-                continue
-            if interaction is None:
-                learner.skip(partition, offset)
-            else:
-                yield partition, offset, interaction
-
-    def _observe(self, records: list[Record], hold_out: Callable[[Interaction], bool]) -> None:
-        """Prep thread: decode and build examples (they train on the next round)."""
-        learner = self._require_learner()
-        for partition, offset, interaction in self._interactions(records):
-            learner.observe(interaction, partition, offset, hold_out(interaction))
+        rate = self.request.validation.rate
+        draw = self._random.random
+        for partition, records in fetched:
+            decoded = decode_records([record.value for record in records])
+            for index, error in decoded.rejected:
+                record = records[index]
+                self._dead.append(((partition, record.offset, record.key, record.value), error))
+            # One draw per interaction, in order.
+            hold_out = [draw() < rate for _ in decoded.users]
+            learner.observe_many(
+                decoded.users,
+                decoded.items,
+                decoded.weights,
+                hold_out,
+                {partition: records[-1].offset + 1},
+            )
+        self._update_progress()
 
     def _train(self) -> None:
         """Training thread: every full mini-batch flushed so far."""
@@ -524,13 +530,11 @@ class TrainingRun:
         consumer.assign(assigned)
         return consumer, assigned
 
-    async def _fetch(self, consumer: AIOKafkaConsumer, limit: int) -> list[Record]:
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, limit: int
+    ) -> list[tuple[int, list[ConsumerRecord[bytes, bytes]]]]:
         batches = await consumer.getmany(timeout_ms=200, max_records=limit)
-        return [
-            (record.partition, record.offset, record.key, record.value)
-            for records in batches.values()
-            for record in records
-        ]
+        return [(tp.partition, records) for tp, records in batches.items() if records]
 
     async def _run_follow(self) -> None:
         stream = self.request.stream
@@ -549,26 +553,37 @@ class TrainingRun:
                 else:
                     await consumer.seek_to_end(tp)
             self.progress.phase = "following"
-            rate = self.request.validation.rate
             policy = self.request.publish
+            limit = self.services.settings.fetch_max_records
+            # Examples built but not trained yet, beyond which reading waits for training.
+            backlog = 4 * max(limit, self.hp.batch_size)
             last_cycle, observed_then = time.monotonic(), learner.events_observed
+            training: asyncio.Future[None] | None = None
+            reported = learner.events_trained
             while True:
                 if self._stop.is_set():
+                    if training is not None:
+                        await training
                     await self._close_follow(consumer, assigned)
                     raise RunStopped()
-                records = await self._fetch(consumer, self.services.settings.fetch_max_records)
-                before = learner.events_trained
-                if records:
-                    # Build this fetch's examples while the previous ones train.
-                    await asyncio.gather(
-                        self._in_prep(self._observe, records, self._holdout_sampler(rate)),
-                        self._in_worker(self._train),
-                    )
-                elif len(learner.pending):
-                    await self._in_worker(self._train)
+                # Training runs in its thread throughout: it takes every full mini-batch as
+                # soon as the prep thread has built it, while this loop reads the next fetch.
+                fetched = await self._fetch(consumer, limit)
+                if fetched:
+                    await self._in_prep(self._observe, fetched)
+                if training is not None and training.done():
+                    training.result()
+                    training = None
+                if training is None and len(learner.pending):
+                    training = asyncio.ensure_future(self._in_worker(self._train))
+                while training is not None and not training.done():
+                    if len(learner.pending) <= backlog:
+                        break
+                    await asyncio.sleep(0.005)
                 self.services.metrics.events_trained.labels(self.spec_id).inc(
-                    learner.events_trained - before
+                    learner.events_trained - reported
                 )
+                reported = learner.events_trained
                 if self._dead:
                     await self._park_dead_letters()
                 new_events = learner.events_observed - observed_then
@@ -576,17 +591,17 @@ class TrainingRun:
                     new_events > 0 and time.monotonic() - last_cycle >= policy.every_s
                 )
                 if due:
+                    if training is not None:
+                        await training
+                        training = None
                     result = await self._in_worker(self._cycle, False)
+                    reported = learner.events_trained
                     await self._record_cycle(result)
                     await self._commit(consumer, assigned, result.position)
                     if result.decision != "deferred":
                         last_cycle, observed_then = time.monotonic(), learner.events_observed
         finally:
             await consumer.stop()
-
-    def _holdout_sampler(self, rate: float) -> Callable[[Interaction], bool]:
-        draw = self._random.random
-        return lambda _: draw() < rate
 
     async def _close_follow(
         self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition]
@@ -668,16 +683,34 @@ class TrainingRun:
     def _train_batch(self, records: list[Record]) -> CycleResult:
         """Time-order the range, hold out its newest share, train, judge."""
         learner = self._require_learner()
-        decoded = [
-            (interaction.timestamp, partition, offset, interaction)
-            for partition, offset, interaction in self._interactions(records)
-        ]
-        decoded.sort(key=lambda entry: (entry[0], entry[1], entry[2]))
-        heldout_from = len(decoded) - int(len(decoded) * self.request.validation.rate)
-        for index, (_, partition, offset, interaction) in enumerate(decoded):
-            learner.observe(interaction, partition, offset, hold_out=index >= heldout_from)
-            if index % 8192 == 0:
-                learner.train_pending()
+        events: list[tuple[str, int, int, str, str, float]] = []
+        for partition, offset, key, value in records:
+            decoded = decode_records([value])
+            if decoded.rejected:
+                self._dead.append(((partition, offset, key, value), decoded.rejected[0][1]))
+            if decoded.users:
+                events.append(
+                    (decoded.timestamps[0], partition, offset, decoded.users[0],
+                     decoded.items[0], decoded.weights[0])
+                )  # fmt: skip
+            else:
+                learner.skip(partition, offset)
+        events.sort(key=lambda event: (event[0], event[1], event[2]))
+        heldout_from = len(events) - int(len(events) * self.request.validation.rate)
+        # Observed in chunks that end where a step is due: after events 0, 8192, 16384, ...
+        bounds = [0, *range(1, len(events), 8192), len(events)]
+        for begin, end in itertools.pairwise(bounds):
+            chunk = events[begin:end]
+            if not chunk:
+                continue
+            learner.observe_many(
+                [event[3] for event in chunk],
+                [event[4] for event in chunk],
+                [event[5] for event in chunk],
+                [begin + index >= heldout_from for index in range(len(chunk))],
+                {event[1]: event[2] + 1 for event in chunk},
+            )
+            learner.train_pending()
         learner.train_pending(flush=True)
         if self.request.epochs > 1:
             learner.train_epochs(self.request.epochs - 1, seed=self.hp.seed)

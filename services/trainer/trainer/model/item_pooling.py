@@ -27,6 +27,8 @@ from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 ADAGRAD_INITIAL_ACCUMULATOR = 0.1
 INIT_STDDEV = 0.05
 
+Ints = npt.NDArray[np.int32]
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -38,6 +40,80 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
+
+
+def _padded(batch: Batch, size: int) -> tuple[Ints, Ints, npt.NDArray[np.float32]]:
+    """The batch's arrays padded to a multiple of ``size`` examples with inert examples (no
+    history, weight 0, the first target again), so the fused kernels see a handful of shapes
+    and never recompile for a short final batch. Padding changes no loss and no gradient."""
+    count = len(batch)
+    padded = max(size, -(-count // size) * size)
+    if padded == count:
+        return batch.history, batch.target, batch.weight
+    extra = padded - count
+    fill = batch.target[0] if count else 0
+    return (
+        np.concatenate([batch.history, np.full((extra, batch.history.shape[1]), -1, np.int32)]),
+        np.concatenate([batch.target, np.full(extra, fill, np.int32)]),
+        np.concatenate([batch.weight, np.zeros(extra, np.float32)]),
+    )
+
+
+# The history side works on [batch, history, dim] arrays: compiled with XLA (fixed shapes per
+# spec, so each compiles once per process), which fuses the gathers, products and the
+# per-row scatter-add that TensorFlow's kernels would run as separate passes.
+def _pool_math(
+    embedded: tf.Tensor, history: tf.Tensor, position_logits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Softmax-over-positions weights of the real (non-padding) positions, and the weighted
+    mean of their embeddings."""
+    mask = tf.cast(history >= 0, tf.float32)
+    logits = position_logits[None, :] + (mask - 1.0) * 1e9
+    attention = tf.nn.softmax(logits, axis=1) * mask
+    attention = attention / tf.maximum(tf.reduce_sum(attention, axis=1, keepdims=True), 1e-12)
+    return tf.reduce_sum(attention[:, :, None] * embedded, 1), attention
+
+
+def _pool_gradients_math(
+    embedded: tf.Tensor,
+    history: tf.Tensor,
+    attention: tf.Tensor,
+    grad_pooled: tf.Tensor,
+    in_index: tf.Tensor,
+    l2_scale: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Gradients of the position logits, and of the unique history rows summed per row.
+
+    The second is ``[batch × history, dim]`` (an upper bound of the unique rows, so the shape is
+    fixed); the caller keeps the first ``len(in_rows)`` rows. ``l2_scale`` adds the penalty's
+    gradient of the real positions.
+    """
+    grad_attention = tf.reduce_sum(embedded * grad_pooled[:, None, :], 2)
+    grad_logits = attention * (
+        grad_attention - tf.reduce_sum(grad_attention * attention, 1, keepdims=True)
+    )
+    real = tf.cast(history >= 0, tf.float32)[:, :, None]
+    grad_embedded = attention[:, :, None] * grad_pooled[:, None, :] + l2_scale * embedded * real
+    dim = tf.shape(embedded)[2]
+    rows = tf.math.unsorted_segment_sum(
+        tf.reshape(grad_embedded, [-1, dim]), in_index, tf.size(in_index)
+    )
+    return tf.reduce_sum(grad_logits, 0), rows
+
+
+_pool = tf.function(_pool_math, jit_compile=True)
+_pool_gradients = tf.function(_pool_gradients_math, jit_compile=True)
+
+
+def _cross_entropy(logits: tf.Tensor, probabilities: tf.Tensor, pairs: tf.Tensor) -> tf.Tensor:
+    """Per-example −log softmax(target), from the softmax already computed for the gradient;
+    exact log-sum-exp for the rare rows whose target probability is too small for that."""
+    target_probability = tf.gather_nd(probabilities, pairs)
+    return tf.cond(
+        tf.reduce_all(target_probability >= 1e-30),
+        lambda: -tf.math.log(target_probability),
+        lambda: tf.reduce_logsumexp(logits, axis=1) - tf.gather_nd(logits, pairs),
+    )
 
 
 class ItemPoolingModel:
@@ -77,15 +153,17 @@ class ItemPoolingModel:
             tf.Variable(tf.fill(tf.shape(v), ADAGRAD_INITIAL_ACCUMULATOR)) for v in self.dense
         ]
         self.steps = 0
+        examples = [
+            tf.TensorSpec([None, self.length], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.float32),
+        ]
+        real = tf.TensorSpec([], tf.int32)
         self._step = tf.function(
-            self._train_step,
-            input_signature=[
-                tf.TensorSpec([None, self.length], tf.int32),
-                tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([None], tf.float32),
-                tf.TensorSpec([None], tf.int32),
-            ],
-            jit_compile=False,
+            self._train_step, input_signature=[*examples, tf.TensorSpec([None], tf.int32), real]
+        )
+        self._exact_step = tf.function(
+            self._train_exact_step, input_signature=[*examples, tf.TensorSpec([], tf.int32), real]
         )
 
     # --- tables -------------------------------------------------------------------------
@@ -130,58 +208,133 @@ class ItemPoolingModel:
 
     def train(self, batch: Batch, items: int) -> float:
         """One sparse Adagrad step; returns the batch's weighted loss."""
-        loss = self._step(batch.history, batch.target, batch.weight, self.negatives(items))
+        history, target, weight = _padded(batch, self.hp.batch_size)
+        real = np.int32(len(batch))
+        if items <= self.hp.sampled_negatives:
+            # Exact softmax: the candidates are rows 0..items-1 (same draws as ``negatives``,
+            # which consumes no randomness here), so no unique() over them is needed.
+            loss = self._exact_step(history, target, weight, np.int32(items), real)
+        else:
+            loss = self._step(history, target, weight, self.negatives(items), real)
         self.steps += 1
         return float(loss)
 
     def _user_vectors(self, history: tf.Tensor, embedded: tf.Tensor) -> tf.Tensor:
-        mask = tf.cast(history >= 0, tf.float32)
-        logits = self.position_logits[None, :] + (mask - 1.0) * 1e9
-        attention = tf.nn.softmax(logits, axis=1) * mask
-        attention = attention / tf.maximum(tf.reduce_sum(attention, axis=1, keepdims=True), 1e-12)
-        pooled = tf.einsum("bl,bld->bd", attention, embedded)
+        pooled, _ = _pool(embedded, history, self.position_logits)
         return tf.matmul(pooled, self.projection) + self.projection_bias
 
     def _train_step(
-        self, history: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, negatives: tf.Tensor
+        self,
+        history: tf.Tensor,
+        target: tf.Tensor,
+        weight: tf.Tensor,
+        negatives: tf.Tensor,
+        real: tf.Tensor,
     ) -> tf.Tensor:
+        """Sampled softmax: the batch's positives plus shared negatives, deduplicated."""
         batch = tf.shape(target)[0]
-        in_rows, in_index = tf.unique(tf.reshape(tf.maximum(history, 0), [-1]))
         out_rows, out_index = tf.unique(tf.concat([target, negatives], 0))
-        labels = out_index[:batch]
-        rows_in = tf.gather(self.item_in, in_rows)
         rows_out = tf.gather(self.item_out, out_rows)
         bias_out = tf.gather(self.item_bias, out_rows)
-        with tf.GradientTape() as tape:
-            tape.watch([rows_in, rows_out, bias_out])
-            embedded = tf.reshape(tf.gather(rows_in, in_index), [batch, self.length, self.dim])
-            users = self._user_vectors(history, embedded)
-            logits = tf.matmul(users, rows_out, transpose_b=True) + bias_out[None, :]
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            loss = tf.reduce_sum(losses * weight) / tf.maximum(tf.reduce_sum(weight), 1e-12)
-            if self.hp.l2 > 0:
-                # Padding positions gather row 0: leave them out of the penalty.
-                real = tf.cast(history >= 0, tf.float32)[:, :, None]
-                penalty = tf.reduce_sum(tf.square(embedded) * real) + tf.reduce_sum(
-                    tf.square(rows_out)
-                )
-                loss += self.hp.l2 * penalty / tf.cast(batch, tf.float32)
-        grads = tape.gradient(loss, [rows_in, rows_out, bias_out, *self.dense])
-        rate = self.hp.learning_rate
+        return self._update(history, out_index[:batch], weight, out_rows, rows_out, bias_out, real)
+
+    def _train_exact_step(
+        self,
+        history: tf.Tensor,
+        target: tf.Tensor,
+        weight: tf.Tensor,
+        items: tf.Tensor,
+        real: tf.Tensor,
+    ) -> tf.Tensor:
+        """Exact softmax over every item (rows ``0..items-1``): labels are the target rows."""
+        rows_out = self.item_out[:items]
+        bias_out = self.item_bias[:items]
+        return self._update(history, target, weight, tf.range(items), rows_out, bias_out, real)
+
+    def _update(
+        self,
+        history: tf.Tensor,
+        labels: tf.Tensor,
+        weight: tf.Tensor,
+        out_rows: tf.Tensor,
+        rows_out: tf.Tensor,
+        bias_out: tf.Tensor,
+        real: tf.Tensor,
+    ) -> tf.Tensor:
+        """Loss and hand-written gradients of the rows a step touches, then sparse Adagrad.
+
+        The gradients are the analytic ones of the weighted softmax cross-entropy (what a
+        GradientTape computes; a unit test checks the two agree): ``softmax − one-hot`` scaled
+        by each example's share of the batch weight, back through the scores, the projection
+        and the position attention. Written out so the batch-sized work can be fused (XLA on
+        the ``[batch, history, dim]`` part) and no ``[batch, candidates]`` array is scaled.
+        Padding examples (weight 0, no history) contribute exactly nothing.
+        """
+        batch = tf.shape(labels)[0]
+        flat = tf.reshape(tf.maximum(history, 0), [-1])
+        in_rows, in_index = tf.unique(flat)
+        embedded = tf.reshape(tf.gather(self.item_in, flat), [batch, self.length, self.dim])
+        pooled, attention = _pool(embedded, history, self.position_logits)
+        users = tf.matmul(pooled, self.projection) + self.projection_bias
+        # The bias as one more column: one matmul gives the scores, one their row gradients.
+        users_1 = tf.concat([users, tf.ones([batch, 1])], 1)
+        rows_bias = tf.concat([rows_out, bias_out[:, None]], 1)
+        logits = tf.matmul(users_1, rows_bias, transpose_b=True)
+        probabilities = tf.nn.softmax(logits)
+        pairs = tf.stack([tf.range(batch), labels], 1)
+        losses = _cross_entropy(logits, probabilities, pairs)
+        share = weight / tf.maximum(tf.reduce_sum(weight), 1e-12)
+        loss = tf.reduce_sum(losses * share)
+        # d loss / d logits = share ⊙ (softmax − one-hot); the share is applied to the
+        # [batch, dim] factors instead of the [batch, candidates] array.
+        residual = tf.tensor_scatter_nd_sub(probabilities, pairs, tf.ones([batch]))
+        grad_rows_bias = tf.matmul(residual, users_1 * share[:, None], transpose_a=True)
+        grad_users = tf.matmul(residual, rows_out) * share[:, None]
+        grad_projection = tf.matmul(pooled, grad_users, transpose_a=True)
+        grad_projection_bias = tf.reduce_sum(grad_users, 0)
+        grad_pooled = tf.matmul(grad_users, self.projection, transpose_b=True)
+        scale = tf.constant(0.0)
+        grad_rows_out = grad_rows_bias[:, : self.dim]
+        if self.hp.l2 > 0:
+            # Padding positions gather row 0: leave them out of the penalty.
+            count = tf.cast(real, tf.float32)
+            real_positions = tf.cast(history >= 0, tf.float32)[:, :, None]
+            penalty = tf.reduce_sum(tf.square(embedded) * real_positions) + tf.reduce_sum(
+                tf.square(rows_out)
+            )
+            loss += self.hp.l2 * penalty / count
+            scale = 2.0 * self.hp.l2 / count
+            grad_rows_out += scale * rows_out
+        grad_positions, grad_embedded = _pool_gradients(
+            embedded, history, attention, grad_pooled, in_index, scale
+        )
+        grad_rows_in = grad_embedded[: tf.shape(in_rows)[0]]
+        rate = tf.constant(self.hp.learning_rate)
+        no_epsilon = tf.constant(0.0)
+        # Fused sparse Adagrad over the unique rows (accumulator += g², row -= rate·g/√acc),
+        # in this order, so tied tables take the history update, then the candidate update.
         for table, acc, rows, grad in (
-            (self.item_in, self.acc_in, in_rows, grads[0]),
-            (self.item_out, self.acc_out, out_rows, grads[1]),
-            (self.item_bias, self.acc_bias, out_rows, grads[2]),
+            (self.item_in, self.acc_in, in_rows, grad_rows_in),
+            (self.item_out, self.acc_out, out_rows, grad_rows_out),
+            (self.item_bias, self.acc_bias, out_rows, grad_rows_bias[:, self.dim]),
         ):
-            # Gradients of gathered rows may come back as IndexedSlices over the unique rows;
-            # densify over those rows only (a few thousand, never the whole table).
-            grad = tf.convert_to_tensor(grad)
-            new_acc = tf.gather(acc, rows) + tf.square(grad)
-            acc.scatter_update(tf.IndexedSlices(new_acc, rows))
-            table.scatter_sub(tf.IndexedSlices(rate * grad / tf.sqrt(new_acc), rows))
-        for variable, acc, grad in zip(self.dense, self.dense_acc, grads[3:], strict=True):
-            acc.assign_add(tf.square(grad))
-            variable.assign_sub(rate * grad / tf.sqrt(acc))
+            tf.raw_ops.ResourceSparseApplyAdagradV2(
+                var=table.handle,
+                accum=acc.handle,
+                lr=rate,
+                epsilon=no_epsilon,
+                grad=grad,
+                indices=rows,
+            )
+        for variable, acc, grad in zip(
+            self.dense,
+            self.dense_acc,
+            (grad_positions, grad_projection, grad_projection_bias),
+            strict=True,
+        ):
+            tf.raw_ops.ResourceApplyAdagradV2(
+                var=variable.handle, accum=acc.handle, lr=rate, epsilon=no_epsilon, grad=grad
+            )
         return loss
 
     # --- export and state ---------------------------------------------------------------
