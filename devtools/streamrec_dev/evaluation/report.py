@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import orjson
 from matplotlib.figure import Figure
 
@@ -74,13 +75,25 @@ def plot_windows(
 ) -> None:
     figure = Figure(figsize=(11, 5), layout="constrained")
     axes = figure.subplots()
-    for result in results:
+    # Up to 20 distinct colours; arms through the stack solid, in-process arms dashed.
+    colormap = matplotlib.colormaps["tab20"]
+    palette = [colormap(index) for index in range(colormap.N)]
+    for index, result in enumerate(results):
         if not result.windows:
             continue
         evaluated = max(1, result.evaluated)
         x = [100.0 * (w.end - result.history) / evaluated for w in result.windows]
         y = [w.metrics["hr@10"] for w in result.windows]
-        axes.plot(x, y, marker="o", markersize=3, label=result.arm)
+        axes.plot(
+            x,
+            y,
+            marker="o",
+            markersize=3,
+            label=result.arm,
+            color=palette[index % len(palette)],
+            linestyle="-" if result.arm.startswith("stack:") else "--",
+            linewidth=2.0 if result.arm.startswith("stack:") else 1.2,
+        )
     if results:
         first = results[0]
         for name, at in (marks or {}).items():
