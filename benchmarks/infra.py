@@ -40,7 +40,7 @@ def start_infrastructure(home: Path, servers: list[ManagedProcess]) -> Infrastru
     env = {
         "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka_server.bootstrap,
         "STREAMREC_REDIS_URL": redis_server.url,
-        **{f"STREAMREC_TOPIC_{k.upper()}": str(v) for k, v in topics.model_dump().items()},
+        **topics.environment(),
         "PYTHONPATH": str(REPO_ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }

@@ -62,16 +62,7 @@ async def topic_settings(
     kafka_settings: KafkaSettings, unique: str
 ) -> AsyncIterator[TopicSettings]:
     """Each test its own topics, created through the project's own admin code."""
-    topics = TopicSettings(
-        events=f"events-{unique}",
-        control=f"control-{unique}",
-        events_dlq=f"events.dlq-{unique}",
-        impressions=f"impressions-{unique}",
-        rec_requests=f"rec.requests-{unique}",
-        rec_responses=f"rec.responses-{unique}",
-        events_partitions=3,
-        default_partitions=1,
-    )
+    topics = TopicSettings(events_partitions=3, default_partitions=1).isolated(unique)
     await ensure_topics(kafka_settings, topics)
     return topics
 

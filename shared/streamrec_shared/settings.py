@@ -48,6 +48,16 @@ class TopicSettings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, le=10)
     min_insync_replicas: int = Field(default=1, ge=1, le=10)
 
+    def isolated(self, tag: str) -> TopicSettings:
+        """The same layout with every topic named ``<name>-<tag>``: tests and evaluation arms
+        share one broker without sharing a topic."""
+        names = ("events", "control", "events_dlq", "impressions", "rec_requests", "rec_responses")
+        return self.model_copy(update={name: f"{getattr(self, name)}-{tag}" for name in names})
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the ``STREAMREC_TOPIC_*`` variables a service reads them from."""
+        return {f"STREAMREC_TOPIC_{key.upper()}": str(value) for key, value in self}
+
 
 class RedisSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_REDIS_", extra="ignore")

@@ -22,7 +22,7 @@ def platform_env(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, str]:
     """The variables a ConfigMap would set for these brokers and topics."""
     return {
         "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        **{f"STREAMREC_TOPIC_{k.upper()}": str(v) for k, v in topics.model_dump().items()},
+        **topics.environment(),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
 

@@ -143,18 +143,10 @@ class ArmStack:
         self.kafka = kafka
         self.run_tag = uuid.uuid4().hex[:8]
         safe = re.sub(r"[^a-z0-9]+", "-", arm.name)
-        self.topics = TopicSettings(
-            events=f"eval-{safe}-{self.run_tag}.events",
-            control=f"eval-{safe}-{self.run_tag}.control",
-            events_dlq=f"eval-{safe}-{self.run_tag}.events.dlq",
-            impressions=f"eval-{safe}-{self.run_tag}.impressions",
-            rec_requests=f"eval-{safe}-{self.run_tag}.rec.requests",
-            rec_responses=f"eval-{safe}-{self.run_tag}.rec.responses",
-            default_partitions=1,
-        )
+        self.topics = TopicSettings(default_partitions=1).isolated(f"eval-{safe}-{self.run_tag}")
         env = {
             "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-            **{f"STREAMREC_TOPIC_{k.upper()}": str(v) for k, v in self.topics.model_dump().items()},
+            **self.topics.environment(),
             "STREAMREC_REDIS_URL": redis.url,
             "STREAMREC_REDIS_KEY_PREFIX": f"eval:{safe}:{self.run_tag}:",
             "STREAMREC_LOG_FORMAT": "text",
