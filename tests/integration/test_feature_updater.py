@@ -115,7 +115,10 @@ async def test_features_in_order_and_exactly_once_across_restarts(
     try:
         await produce(settings.kafka, topic, second)
         await wait_until(lambda: _applied_is(restarted.store, topic, len(first) + len(second)))
-        assert registry.get_sample_value("inference_feature_events_applied_total") == len(second)
+        # The counter moves once the transaction's reply is back, a moment after Redis shows it.
+        counted = "inference_feature_events_applied_total"
+        await wait_until(lambda: (registry.get_sample_value(counted) or 0) >= len(second))
+        assert registry.get_sample_value(counted) == len(second)
         for user in (f"u{i}" for i in range(6)):
             features = await restarted.store.user_features(user)
             assert features.recent == expected_recent(first + second, user)
