@@ -476,13 +476,14 @@ class LaggingUpdater(FakeStack):
         return super().handler(request)
 
 
-def test_replay_waits_for_the_feature_updater_before_asking_for_a_user() -> None:
+def replay_lagging(watched: bool) -> tuple[LaggingUpdater, HttpRecommender]:
+    """Two history events, then test-then-train on three more (two of user a in a row)."""
     stack = LaggingUpdater()
     remote = HttpRecommender(
         "http://ingest",
         "http://inference",
         transport=httpx.MockTransport(stack.handler),
-        features_metrics_url="http://features/metrics",
+        features_metrics_url="http://features/metrics" if watched else None,
     )
     data = rows(("a", "1", 1), ("b", "2", 2), ("a", "3", 3), ("a", "4", 4), ("c", "5", 5))
     stack.applied = -1  # the first read (the baseline) shows only the 7 events before
@@ -490,19 +491,17 @@ def test_replay_waits_for_the_feature_updater_before_asking_for_a_user() -> None
     for row in data[2:]:
         remote.recommend(row.user, 10, set())
         remote.observe(row)
+    return stack, remote
+
+
+def test_replay_waits_for_the_feature_updater_before_asking_for_a_user() -> None:
+    stack, remote = replay_lagging(watched=True)
     assert stack.lag_violations == 0
     stats = remote.stats()
     assert stats["features_timeouts"] == 0
     assert stats["features_wait_s"] > 0
     # Without the barrier the same replay asks before the updater caught up.
-    unwatched = LaggingUpdater()
-    plain = HttpRecommender(
-        "http://ingest", "http://inference", transport=httpx.MockTransport(unwatched.handler)
-    )
-    plain.fit_history(data[:2])
-    for row in data[2:]:
-        plain.recommend(row.user, 10, set())
-        plain.observe(row)
+    unwatched, _ = replay_lagging(watched=False)
     assert unwatched.lag_violations > 0
 
 
