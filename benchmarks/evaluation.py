@@ -36,11 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
-from streamrec_dev.evaluation.data import Dataset, load_dataset, ml_100k_path  # noqa: E402
+from streamrec_dev.evaluation.data import Dataset, ml_100k_path  # noqa: E402
 from streamrec_dev.evaluation.peers import PEERS  # noqa: E402
 from streamrec_dev.evaluation.protocol import EvaluationResult  # noqa: E402
 from streamrec_dev.evaluation.report import RESULTS_DIR, markdown_table, write_report  # noqa: E402
-from streamrec_dev.evaluation.runner import peer_arms, progress_bar, run_arms  # noqa: E402
+from streamrec_dev.evaluation.runner import (  # noqa: E402
+    load_limited,
+    peer_arms,
+    progress_bar,
+    run_arms,
+)
 from streamrec_dev.evaluation.stack_arms import (  # noqa: E402
     STACK_ARMS,
     StackEvaluationSettings,
@@ -107,10 +112,7 @@ def main() -> int:
         if name == "ml-100k" and not ml_100k_path().is_file():
             console.print(f"[yellow]ml-100k skipped: {ml_100k_path()} is not there[/yellow]")
             continue
-        dataset = load_dataset(name)
-        if options.limit:
-            rows = dataset.interactions[: options.limit]
-            dataset = Dataset(dataset.name, rows, f"{dataset.source}[:{options.limit}]", {})
+        dataset = load_limited(name, limit=options.limit)
         console.rule(f"{dataset.name}: {len(dataset.interactions):,} interactions")
         started = time.perf_counter()
         results = []

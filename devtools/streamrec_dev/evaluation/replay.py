@@ -236,10 +236,7 @@ class HttpRecommender:
 
     def _read_applied(self) -> int:
         assert self.features is not None
-        # Only the one counter (prometheus_client's ``name[]`` filter): rendering every metric
-        # for each poll cost the updater more CPU than applying the events.
-        only = {"name[]": APPLIED_METRIC}
-        return features_applied(self.features.get(self.features_metrics_url, params=only).text)
+        return read_features_applied(self.features, self.features_metrics_url)
 
     def stats(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "id_prefix": self.prefix, **self.counters.as_dict()}
@@ -291,9 +288,14 @@ APPLIED_METRIC = "inference_feature_events_applied_total"
 _APPLIED = re.compile(rf"^{APPLIED_METRIC} (\S+)$", re.MULTILINE)
 
 
-def features_applied(metrics_text: str) -> int:
-    """The feature updater's applied-events counter from its ``/metrics`` text (0 if absent)."""
-    match = _APPLIED.search(metrics_text)
+def read_features_applied(client: httpx.Client, metrics_url: str) -> int:
+    """The feature updater's applied-events counter (0 before its first batch).
+
+    Only that counter is asked for (prometheus_client's ``name[]`` filter): rendering every
+    metric for each poll cost the updater more CPU than applying the events.
+    """
+    text = client.get(metrics_url, params={"name[]": APPLIED_METRIC}).text
+    match = _APPLIED.search(text)
     return int(float(match.group(1))) if match else 0
 
 

@@ -49,7 +49,7 @@ from streamrec_dev.evaluation.replay import (
     HistoryPosted,
     HttpRecommender,
     ReplayError,
-    features_applied,
+    read_features_applied,
 )
 from streamrec_dev.servers import (
     KafkaServer,
@@ -365,10 +365,11 @@ class ArmDriver:
     def _wait_features_applied(self, events: int, deadline: float) -> None:
         """Until the feature updater has applied every history event (its applied counter)."""
         url = f"{self.stack.features.url}/metrics"
-        while time.monotonic() < deadline:
-            if features_applied(httpx.get(url, timeout=10).text) >= events:
-                return
-            time.sleep(0.2)
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < deadline:
+                if read_features_applied(client, url) >= events:
+                    return
+                time.sleep(0.2)
         raise ReplayError(f"{self.arm.name}: the feature updater did not apply the history")
 
     # --- after each evaluated event ---------------------------------------------------------
