@@ -44,7 +44,7 @@ from streamrec_shared.schemas.control import FollowStream, TrainRequested  # noq
 from streamrec_shared.schemas.events import EventIn  # noqa: E402
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters  # noqa: E402
 from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
-from trainer.config import TrainerSettings  # noqa: E402
+from trainer.config import TrainerSettings, tune_process  # noqa: E402
 from trainer.learner import Learner, Reservoir, _concat, decode_records  # noqa: E402
 from trainer.metrics import TrainerMetrics  # noqa: E402
 from trainer.model.item_pooling import Batch, ItemPoolingModel  # noqa: E402
@@ -239,7 +239,15 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "trainer_throughput.json"
     )
+    parser.add_argument(
+        "--gil-switch-interval-ms",
+        type=float,
+        default=TrainerSettings.model_fields["gil_switch_interval_ms"].default,
+        help="the trainer's STREAMREC_TRAINER_GIL_SWITCH_INTERVAL_MS (applied to all three)",
+    )
     options = parser.parse_args()
+    # As a trainer process does at start; the three measurements share it.
+    tune_process(TrainerSettings(gil_switch_interval_ms=options.gil_switch_interval_ms))
     payloads = records(options.events)
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
         home = Path(tmp)
@@ -259,6 +267,7 @@ def main() -> None:
         "measured_at": datetime.now(UTC).isoformat(),
         "events": len(payloads),
         "specs": specs,
+        "gil_switch_interval_ms": options.gil_switch_interval_ms,
         "targets": {"kafka_events_per_s": 50_000, "kafka_vs_tensors": 0.7},
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,32 +39,39 @@ def target_ranks(
     return above + ties / 2.0
 
 
-def rank_metrics(
+def per_event_metrics(
     ranks: npt.NDArray[np.float64],
     cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
     ties: npt.NDArray[np.float64] | None = None,
-) -> dict[str, float]:
-    """Mean HR@K and NDCG@K (one relevant item per row) for each cutoff K, plus the count.
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each row's HR@K and NDCG@K (one relevant item per row) for each cutoff K.
 
     ``ranks`` are 0-based positions (``inf``: never ranked). With ``ties`` (from
     ``tied_ranks``: ``ranks`` is then the count above), a target tied with ``t`` others is
     equally likely at each of the ``t + 1`` positions, so a tie straddling K counts partly and a
     model that scores everything equally gets exactly the chance level.
     """
-    metrics: dict[str, float] = {"events": float(len(ranks))}
     if ties is None:
         ties = np.zeros(len(ranks))
+    values: dict[str, npt.NDArray[np.float64]] = {}
     for k in cutoffs:
-        if not len(ranks):
-            metrics[f"hr@{k}"] = metrics[f"ndcg@{k}"] = 0.0
-            continue
         above = np.floor(np.minimum(ranks, k))  # inf (never ranked) becomes k: no gain
         spread = ties + 1.0
-        hits = np.clip((k - above) / spread, 0.0, 1.0)
+        values[f"hr@{k}"] = np.clip((k - above) / spread, 0.0, 1.0)
         # Sum of discounts over the positions [above, min(above + ties, k - 1)], averaged.
         discounts = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
         last = np.minimum(above + spread, k).astype(np.int64)
-        gains = (discounts[last] - discounts[above.astype(np.int64)]) / spread
-        metrics[f"hr@{k}"] = float(hits.mean())
-        metrics[f"ndcg@{k}"] = float(gains.mean())
+        values[f"ndcg@{k}"] = (discounts[last] - discounts[above.astype(np.int64)]) / spread
+    return values
+
+
+def rank_metrics(
+    ranks: npt.NDArray[np.float64],
+    cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+    ties: npt.NDArray[np.float64] | None = None,
+) -> dict[str, float]:
+    """Mean HR@K and NDCG@K over the rows (see ``per_event_metrics``), plus the count."""
+    metrics: dict[str, float] = {"events": float(len(ranks))}
+    for name, values in per_event_metrics(ranks, cutoffs, ties).items():
+        metrics[name] = float(values.mean()) if len(values) else 0.0
     return metrics

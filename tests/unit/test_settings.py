@@ -25,3 +25,19 @@ def test_environment_round_trips_through_the_settings(monkeypatch: pytest.Monkey
     for name, value in topics.environment().items():
         monkeypatch.setenv(name, value)
     assert TopicSettings() == topics
+
+
+def test_trainer_process_tuning_sets_the_gil_switch_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from trainer.config import TrainerSettings, tune_process
+
+    before = sys.getswitchinterval()
+    monkeypatch.setenv("STREAMREC_TRAINER_GIL_SWITCH_INTERVAL_MS", "2")
+    try:
+        tune_process(TrainerSettings())
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)

@@ -28,7 +28,7 @@ from streamrec_shared.schemas.control import (
 )
 from streamrec_shared.schemas.models import ModelSpec
 
-from trainer.config import TrainerSettings
+from trainer.config import TrainerSettings, tune_process
 from trainer.metrics import TrainerMetrics
 from trainer.registry import Registry, RunStatus
 from trainer.runs import RunServices, TrainingRun, register_run
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=settings.batch_epochs)
     args = parser.parse_args(argv)
     configure_logging(settings.log, "trainer-batch")
+    tune_process(settings)
     status = asyncio.run(run_batch(settings, args.spec, args.epochs))
     return 0 if status is RunStatus.SUCCEEDED else 1
 

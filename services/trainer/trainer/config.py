@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -41,8 +42,24 @@ class TrainerSettings(BaseSettings):
         default="default", description="Spec that `python -m trainer.batch` trains (Job runs)."
     )
     batch_epochs: int = Field(default=3, ge=1, le=100)
+    gil_switch_interval_ms: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description=(
+            "How long a Python thread may hold the GIL while another waits (Python's default"
+            " is 5 ms). TensorFlow's training thread gives the GIL up during every step and"
+            " must win it back from the Kafka loop and the prep thread: at 5 ms it waits for"
+            " them a good part of an 8 ms step."
+        ),
+    )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+
+def tune_process(settings: TrainerSettings) -> None:
+    """Process-wide settings a trainer process applies once, at start (service and Job)."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)

@@ -486,7 +486,15 @@ class Learner:
         return self.model.export(self.item_ids)
 
     def evaluate(self, scorer: ItemPoolingScorer, limit: int) -> dict[str, float]:
-        """HR/NDCG@10/20 of ``scorer`` on the newest ``limit`` held-out events.
+        """HR/NDCG@10/20 of ``scorer`` on the newest ``limit`` held-out events."""
+        above, ties = self.rank(scorer, limit)
+        return rank_metrics(above, ties=ties)
+
+    def rank(
+        self, scorer: ItemPoolingScorer, limit: int
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per held-out event (the newest ``limit``, oldest first): how many items ``scorer``
+        ranks above the target and how many tie with it (``tied_ranks``).
 
         The scorer may be an older version with another vocabulary: rows are mapped through item
         ids; items it does not know drop out of histories, and an unknown target is a miss.
@@ -494,7 +502,7 @@ class Learner:
         held = self.heldout
         count = min(len(held), limit)
         if count == 0:
-            return rank_metrics(np.zeros(0))
+            return np.zeros(0), np.zeros(0)
         start = len(held) - count
         if scorer.weights.item_ids is self.item_ids or scorer.weights.item_ids == self.item_ids:
             mapping = np.arange(len(self.item_ids), dtype=np.int64)
@@ -520,7 +528,7 @@ class Learner:
             rows = known[begin : begin + chunk]
             scores = scorer.scores(scorer.user_vectors(history[rows]))
             above[rows], ties[rows] = tied_ranks(scores, targets[rows], [excluded[r] for r in rows])
-        return rank_metrics(above, ties=ties)
+        return above, ties
 
     # --- snapshots -----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from streamrec_shared.http import Probe
 from streamrec_shared.kafka import ResilientProducer
 
 from trainer.api import router
-from trainer.config import TrainerSettings
+from trainer.config import TrainerSettings, tune_process
 from trainer.coordinator import Coordinator
 from trainer.metrics import TrainerMetrics
 from trainer.registry import Registry
@@ -27,6 +27,7 @@ from trainer.state import TrainerState
 
 def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     settings = settings or TrainerSettings()
+    tune_process(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

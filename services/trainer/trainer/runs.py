@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -37,6 +38,7 @@ from streamrec_shared.kafka import (
 )
 from streamrec_shared.kafka import dead_letter as park
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
+from streamrec_shared.ranking import per_event_metrics, rank_metrics
 from streamrec_shared.schemas.control import (
     BoundedStream,
     CandidateRejected,
@@ -51,6 +53,7 @@ from streamrec_shared.schemas.control import (
 
 from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
+from trainer.gate import judge
 from trainer.learner import Learner, decode_records
 from trainer.metrics import TrainerMetrics
 from trainer.registry import Registry, RunRecord, RunStatus
@@ -119,6 +122,7 @@ class CycleResult:
     artifact: StoredArtifact | None
     scorer: ItemPoolingScorer
     seconds: float
+    gate: dict[str, float | str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -332,29 +336,22 @@ class TrainingRun:
         self._refresh_baseline()
         weights = learner.candidate()
         scorer = ItemPoolingScorer(weights)
-        metrics = learner.evaluate(scorer, policy.max_events)
+        above, ties = learner.rank(scorer, policy.max_events)
+        metrics = rank_metrics(above, ties=ties)
         baseline = self._baseline
-        baseline_metrics = (
-            learner.evaluate(baseline.scorer, policy.max_events) if baseline else None
-        )
-        judged = int(metrics["events"])
-        if baseline_metrics is None:
-            decision, reason = "published", "first version of this spec"
-        elif judged < policy.min_events:
-            decision = "rejected" if final_batch else "deferred"
-            reason = f"{judged} held-out events, the gate needs {policy.min_events}"
-        elif metrics[policy.metric] < baseline_metrics[policy.metric] - policy.tolerance:
-            decision = "rejected"
-            reason = (
-                f"{policy.metric} {metrics[policy.metric]:.4f} is below the current version's"
-                f" {baseline_metrics[policy.metric]:.4f} by more than {policy.tolerance}"
-            )
+        if baseline is None:
+            baseline_metrics, verdict = None, judge(policy, np.zeros(0), None, final_batch)
         else:
-            decision = "published"
-            reason = (
-                f"{policy.metric} {metrics[policy.metric]:.4f} vs current"
-                f" {baseline_metrics[policy.metric]:.4f} (tolerance {policy.tolerance})"
+            # The same events, in the same order: the gate compares them pairwise.
+            baseline_above, baseline_ties = learner.rank(baseline.scorer, policy.max_events)
+            baseline_metrics = rank_metrics(baseline_above, ties=baseline_ties)
+            verdict = judge(
+                policy,
+                per_event_metrics(above, ties=ties)[policy.metric],
+                per_event_metrics(baseline_above, ties=baseline_ties)[policy.metric],
+                final_batch,
             )
+        decision, reason = verdict.decision, verdict.reason
         position = dict(learner.position)
         artifact = None
         if decision == "published":
@@ -390,6 +387,7 @@ class TrainingRun:
             artifact=artifact,
             scorer=scorer,
             seconds=time.perf_counter() - began,
+            gate=verdict.record(),
         )
 
     def _require_learner(self) -> Learner:
@@ -420,6 +418,7 @@ class TrainingRun:
                 "decision": result.decision,
                 "events_per_s": self.progress.events_per_s,
                 "heldout": result.metrics,
+                "gate": result.gate,
                 "cycle_s": result.seconds,
             },
         )

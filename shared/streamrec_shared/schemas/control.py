@@ -121,6 +121,16 @@ class ValidationPolicy(BaseModel):
         le=1,
         description="How far below the current version a candidate may be.",
     )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1,
+        description=(
+            "A candidate is rejected only when it is worse than the current version by more"
+            " than the tolerance with this confidence (one-sided, paired over the same"
+            " held-out events): a gate on ~100 events must not reject on noise."
+        ),
+    )
 
 
 class PublishPolicy(BaseModel):
