@@ -44,6 +44,7 @@ import multiprocessing
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ from redis.exceptions import RedisError
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from streamrec_dev.go_tools import ensure_stamped  # noqa: E402
 from streamrec_dev.servers import (  # noqa: E402
     ManagedProcess,
     ModuleServer,
@@ -83,6 +85,7 @@ MOVIELENS = REPO.parent / "shared" / "datasets" / "ml-100k" / "u.data"
 SPEC_A = "bench-latency-a"
 SPEC_B = "bench-latency-b"
 SATURATION_P99_MS = 50.0
+VEGETA_VERSION = "v12.13.0"
 SATURATION_ERROR_RATE = 0.001
 REDIS_KEY = "bench:latency:value"
 FRESHNESS = "inference_feature_freshness_seconds"
@@ -539,19 +542,28 @@ def plain_jobs(request: bytes, count: int) -> list[Job]:
     return [Job(request, "") for _ in range(count)]
 
 
-def recommendation_jobs(
-    load: Load, users: list[str], count: int, unknown_share: float, seed: int
-) -> list[Job]:
+def recommendation_paths(
+    users: list[str], count: int, unknown_share: float, seed: int
+) -> list[tuple[str, str]]:
+    """``(path, "known" | "unknown")`` per request: known users, and users never seen."""
     rng = random.Random(seed)
-    jobs = []
+    paths = []
     for n in range(count):
         if rng.random() < unknown_share:
             user, tag = f"new-{seed}-{n}", "unknown"
         else:
             user, tag = rng.choice(users), "known"
-        path = f"/v1/recommendations?user_id={user}&k=10"
-        jobs.append(Job(load.request(path) if isinstance(load, HttpLoad) else b"", tag))
-    return jobs
+        paths.append((f"/v1/recommendations?user_id={user}&k=10", tag))
+    return paths
+
+
+def recommendation_jobs(
+    load: Load, users: list[str], count: int, unknown_share: float, seed: int
+) -> list[Job]:
+    return [
+        Job(load.request(path) if isinstance(load, HttpLoad) else b"", tag)
+        for path, tag in recommendation_paths(users, count, unknown_share, seed)
+    ]
 
 
 async def measure(load: Load, rate: float, seconds: float, jobs: list[Job]) -> dict[str, Any]:
@@ -1052,26 +1064,105 @@ def saturation_rates(steps: list[float], rows: list[dict[str, Any]], target: str
     return [float(e) for e in extra if e > floor]
 
 
+def vegeta_window(
+    options: argparse.Namespace,
+    port: int,
+    name: str,
+    rate: float,
+    paths: list[str],
+    folder: Path,
+) -> dict[str, Any]:
+    """One open-loop window from vegeta (Go): constant rate, latency from each request's start,
+    at most ``--connections`` connections (a request waiting for one counts the wait)."""
+    vegeta = ensure_stamped("vegeta", "github.com/tsenart/vegeta/v12", VEGETA_VERSION)
+    folder.mkdir(parents=True, exist_ok=True)
+    targets, results = folder / "targets.jsonl", folder / "results.bin"
+    with targets.open("w") as out:
+        for path in paths:
+            out.write(json.dumps({"method": "GET", "url": f"http://127.0.0.1:{port}{path}"}))
+            out.write("\n")
+    wall_start = time.time()
+    subprocess.run(
+        [str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={rate:.0f}/1s",
+         f"-duration={options.saturation_seconds}s", f"-timeout={options.timeout_s}s",
+         f"-max-connections={options.connections}", f"-output={results}"],
+        check=True, capture_output=True,
+        # One OS thread, like the asyncio generator: on two cores a second one takes CPU
+        # from the server it measures.
+        env={**os.environ, "GOMAXPROCS": str(options.vegeta_threads)},
+    )  # fmt: skip
+    wall = (wall_start, time.time())
+    figures = json.loads(
+        subprocess.run(
+            [str(vegeta), "report", "-type=json", str(results)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    )  # fmt: skip
+    latencies = {key: value / 1e6 for key, value in figures["latencies"].items()}  # ns -> ms
+    requests = int(figures["requests"])
+    ok = int(figures["status_codes"].get("200", 0))
+    sent_rps = float(figures["rate"])
+    row: dict[str, Any] = {
+        "target": name,
+        "generator": f"vegeta {VEGETA_VERSION}",
+        "offered_rps": rate,
+        "seconds": options.saturation_seconds,
+        "scheduled": requests,
+        "ok": ok,
+        "errors": requests - ok,
+        "timeouts": sum("timeout" in error.lower() for error in figures.get("errors", [])),
+        "error_rate": (requests - ok) / requests if requests else 0.0,
+        "sent_rps": round(sent_rps, 1),
+        "achieved_rps": round(float(figures["throughput"]), 1),
+        "p50_ms": round(latencies["50th"], 3),
+        "p90_ms": round(latencies["90th"], 3),
+        "p99_ms": round(latencies["99th"], 3),
+        "max_ms": round(latencies["max"], 3),
+        "mean_ms": round(latencies["mean"], 3),
+        "wall": wall,
+    }
+    row["passes"] = bool(
+        row["p99_ms"] <= SATURATION_P99_MS
+        and row["error_rate"] < SATURATION_ERROR_RATE
+        and sent_rps >= 0.99 * rate  # the generator kept the offered rate
+    )
+    return row
+
+
 async def saturation(
     options: argparse.Namespace,
     port: int,
     name: str,
     users: list[str] | None,
     rates: list[float],
+    folder: Path,
 ) -> dict[str, Any]:
     """Rising offered rates until one misses p99 <= 50 ms with < 0.1 % errors."""
     steps: list[dict[str, Any]] = []
     best = 0.0
     for n, rate in enumerate(rates):
-        load = HttpLoad(name, port, options.connections, options.timeout_s)
-        print(f"  saturation: {name} at {rate:,.0f} req/s ...", flush=True)
+        print(f"  saturation: {name} at {rate:,.0f} req/s ({options.saturation_generator}) ...",
+              flush=True)  # fmt: skip
         count = int(rate * options.saturation_seconds)
-        if users is None:
-            jobs = plain_jobs(load.request("/healthz"), count)
+        seed = options.seed * 1000 + 900 + n
+        if options.saturation_generator == "vegeta":
+            paths = (
+                ["/healthz"] * count
+                if users is None
+                else [p for p, _ in recommendation_paths(users, count, options.unknown_share, seed)]
+            )
+            row = await asyncio.to_thread(
+                vegeta_window, options, port, name, rate, paths, folder / f"{port}-{n}"
+            )
+            row["recovery_s"] = await recover(port)
         else:
-            seed = options.seed * 1000 + 900 + n
-            jobs = recommendation_jobs(load, users, count, options.unknown_share, seed)
-        row = await measure(load, rate, options.saturation_seconds, jobs)
+            load = HttpLoad(name, port, options.connections, options.timeout_s)
+            if users is None:
+                jobs = plain_jobs(load.request("/healthz"), count)
+            else:
+                jobs = recommendation_jobs(load, users, count, options.unknown_share, seed)
+            row = await measure(load, rate, options.saturation_seconds, jobs)
+            row["generator"] = "python (asyncio, raw sockets)"
         steps.append(row)
         if not row["passes"]:
             break
@@ -1173,10 +1264,12 @@ async def _run_benchmark(
         sat_inference = await saturation(
             options, inference.port, "inference a", cat_a.users,
             saturation_rates(options.saturation_rates, section_a["rows"], "inference a"),
+            stack.home / "vegeta",
         )  # fmt: skip
         sat_trivial = await saturation(
             options, stack.trivial.port, "trivial endpoint", None,
             saturation_rates(options.saturation_rates, section_a["rows"], "trivial endpoint"),
+            stack.home / "vegeta",
         )  # fmt: skip
         wrk: dict[str, Any] = {}
         if not options.no_wrk:
@@ -1304,7 +1397,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
             f"{r['target']:<20}{r['offered_rps']:>7,.0f}{_cell(r['p50_ms'], 8, '.2f')}"
             f"{_cell(r['p90_ms'], 8, '.2f')}{_cell(r['p99_ms'], 8, '.2f')}"
             f"{_cell(r['max_ms'], 9, '.1f')}{r['errors']:>6}{r['timeouts']:>6}"
-            f"{r['achieved_rps']:>10,.0f}{_cell(r['send_lag_p99_ms'], 9, '.2f')}"
+            f"{r['achieved_rps']:>10,.0f}{_cell(r.get('send_lag_p99_ms'), 9, '.2f')}"
             f"{_cell(r.get('ingest_events_per_s'), 12, ',.0f')}"
             f"{_cell(r.get('recovery_s'), 10, '.1f')}"
             f"{_cell((r.get('feature_freshness') or {}).get('p99_le_s'), 12, 'g')}"
@@ -1404,6 +1497,14 @@ def main() -> None:
         "--saturation-rates", type=parse_rates, default=[1500.0, 2000.0, 3000.0, 4000.0]
     )
     parser.add_argument("--saturation-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--saturation-generator",
+        choices=["vegeta", "python"],
+        default="vegeta",
+        help="open-loop load for the saturation steps: vegeta (Go, built from the Go module"
+        " proxy once) or this script's asyncio generator (which shares the two cores)",
+    )
+    parser.add_argument("--vegeta-threads", type=int, default=1, help="vegeta's GOMAXPROCS")
     parser.add_argument("--skip-100k", action="store_true", help="leave out catalogue B")
     parser.add_argument("--no-wrk", action="store_true", help="leave out the wrk closed loop")
     parser.add_argument("--wrk-seconds", type=int, default=5)

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from streamrec_dev.go_tools import GoToolError, go_install
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
 
 # v5.8.3 declares Go 1.27; v5.8.2 builds with the Go 1.26 that the machines have.
 KUSTOMIZE_VERSION = "v5.8.2"
-KUSTOMIZE = CACHE / "bin" / "kustomize"
+KUSTOMIZE = CACHE / "bin" / "kustomize"  # where go_install puts it
 
 # The Strimzi release the manifests are written for (custom resource API kafka.strimzi.io/v1).
 STRIMZI_VERSION = "1.2.0"
@@ -69,13 +70,6 @@ def _run(
     return result
 
 
-def _go() -> str:
-    found = shutil.which("go")
-    if not found:
-        raise ToolError("kustomize is built with Go: put Go 1.26 or newer on PATH")
-    return found
-
-
 def kustomize_version() -> str | None:
     if not KUSTOMIZE.exists():
         return None
@@ -88,9 +82,10 @@ def ensure_kustomize() -> Path:
         return KUSTOMIZE
     _log(f"building kustomize {KUSTOMIZE_VERSION} from the Go module proxy (once, minutes)")
     started = time.monotonic()
-    env = {**os.environ, "GOBIN": str(KUSTOMIZE.parent), "GOTOOLCHAIN": "local"}
-    KUSTOMIZE.parent.mkdir(parents=True, exist_ok=True)
-    _run([_go(), "install", f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"], env=env)
+    try:
+        go_install("sigs.k8s.io/kustomize/kustomize/v5", KUSTOMIZE_VERSION, KUSTOMIZE.parent)
+    except GoToolError as error:
+        raise ToolError(str(error)) from error
     if kustomize_version() != KUSTOMIZE_VERSION:
         raise ToolError(f"{KUSTOMIZE} does not report {KUSTOMIZE_VERSION}")
     _log(f"kustomize built in {time.monotonic() - started:.0f} s")
