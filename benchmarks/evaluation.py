@@ -6,9 +6,10 @@ drifting stream): the first 50 % in time order is history, every later interacti
 test-then-train (top-20 with touched items excluded; HR@10/20, NDCG@10/20; 5 % windows).
 
 - Arms 1–6 through the real stack (``streamrec_dev.evaluation.stack_arms``): Kafka and Redis
-  started here, each arm on its own ingest, trainer, inference and feature updater, driven over
-  HTTP by the replay: popularity (history / online), the model frozen, frozen with fresh
-  features, the full product (incremental training + publishing), periodic full retraining.
+  started here, one stream for every arm (one ingest, a fresh and a frozen feature updater, a
+  trainer per trainer group) and one inference per arm, driven over HTTP by the replay:
+  popularity (history / online), the model frozen, frozen with fresh features, the full product
+  (incremental training + publishing), periodic full retraining.
 - In-process peers: popularity (history / online), implicit ALS (frozen / user fold-in), item
   co-occurrence over the last 10 items (counts, and a cosine variant), River BiasedMF.
 - The product's own model in process (``benchmarks/model_arms.py``): the same learner without
@@ -55,22 +56,19 @@ from streamrec_dev.evaluation.stack_arms import (  # noqa: E402
 BASELINE = "popularity-history"
 
 
-def stack_results(
-    dataset: Dataset, names: list[str], parallel: int, console: Console
-) -> list[EvaluationResult]:
+def stack_results(dataset: Dataset, names: list[str], console: Console) -> list[EvaluationResult]:
     arms = [STACK_ARMS[name] for name in names]
-    total = len(dataset.interactions)
     with (
         tempfile.TemporaryDirectory(prefix="streamrec-eval-") as home,
         progress_bar(console) as progress,
     ):
-        tasks = {arm.name: progress.add_task(f"stack:{arm.name}", total=total) for arm in arms}
+        task = progress.add_task(f"stack: {len(arms)} arms", total=len(dataset.interactions))
         return run_stack_arms(
             dataset,
             arms,
             Path(home),
-            StackEvaluationSettings(parallel=parallel),
-            progress=lambda name, count: progress.advance(tasks[name], count),
+            StackEvaluationSettings(),
+            progress=lambda count: progress.advance(task, count),
         )
 
 
@@ -87,7 +85,6 @@ def main() -> int:
         default=",".join(STACK_ARMS),
         help=f"comma list of arms through the stack ({', '.join(STACK_ARMS)}), or 'none'",
     )
-    parser.add_argument("--parallel", type=int, default=len(STACK_ARMS), help="stack arms at once")
     parser.add_argument(
         "--no-model-arms",
         action="store_true",
@@ -117,7 +114,7 @@ def main() -> int:
         started = time.perf_counter()
         results = []
         if stack_names:
-            results += stack_results(dataset, stack_names, options.parallel, console)
+            results += stack_results(dataset, stack_names, console)
         stack_s = time.perf_counter() - started
         results += run_arms(dataset, arms, console=console)
         folder = write_report(
@@ -136,7 +133,7 @@ def main() -> int:
         if "stack:incremental" in hr10 and hr10.get("stack:frozen"):
             ratio = hr10["stack:incremental"] / hr10["stack:frozen"]
             print(f"  arm 5 / arm 3 (stack:incremental / stack:frozen): HR@10 {ratio:.2f}x")
-        print(f"  stack arms {stack_s:.0f} s, all arms {time.perf_counter() - started:.0f} s")
+        print(f"  stack arms: wall {stack_s:.0f} s; all arms {time.perf_counter() - started:.0f} s")
         print(f"wrote {folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}\n")
     return 0
 

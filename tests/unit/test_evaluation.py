@@ -35,8 +35,9 @@ from streamrec_dev.evaluation.protocol import (
     Recommender,
     clean_top_k,
     evaluate,
+    evaluate_shared,
 )
-from streamrec_dev.evaluation.replay import HistoryPosted, HttpRecommender
+from streamrec_dev.evaluation.replay import HistoryPosted, HttpFeed, HttpRanker, HttpRecommender
 from streamrec_dev.evaluation.report import write_report
 from streamrec_dev.synthetic import DriftingClickstream
 
@@ -235,6 +236,74 @@ def test_result_round_trips_through_json() -> None:
     assert orjson.loads(result.to_json())["runtime_s"] == pytest.approx(result.runtime_s)
 
 
+# --- one feed, several rankers ------------------------------------------------------------
+
+
+class FanOut:
+    """One stream into several in-process peers: the feed of arms that share it."""
+
+    def __init__(self, *peers: Recommender) -> None:
+        self.peers = peers
+        self.calls: list[str] = []
+
+    def fit_history(self, interactions: Sequence[Interaction]) -> None:
+        self.calls.append("fit")
+        for peer in self.peers:
+            peer.fit_history(interactions)
+
+    def observe(self, interaction: Interaction) -> None:
+        self.calls.append("observe")
+        for peer in self.peers:
+            peer.observe(interaction)
+
+    def stats(self) -> dict[str, Any]:
+        return {"observed": self.calls.count("observe")}
+
+
+def scored_figures(result: EvaluationResult) -> dict[str, Any]:
+    """What the protocol scored: a result without its timings and ``extra``."""
+    figures = result.to_dict()
+    for key in ("fit_s", "evaluate_s", "recommend_s", "runtime_s", "extra"):
+        del figures[key]
+    return figures
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_shared_protocol_scores_each_ranker_as_if_it_ran_alone(concurrent: bool) -> None:
+    data = synthetic(DriftingClickstream(users=30, events=1500, initial_items=80)).interactions
+    names = ("popularity-history", "popularity-online", "cooccurrence-last10")
+    peers = {name: PEERS[name]() for name in names}
+    feed = FanOut(*peers.values())
+    asked: list[str] = []
+    shared = evaluate_shared(
+        feed, peers, data, dataset="s", before_asking=asked.append, concurrent=concurrent
+    )
+    assert [result.arm for result in shared] == list(names)
+    for together in shared:
+        alone = evaluate(together.arm, PEERS[together.arm](), data, dataset="s")
+        assert scored_figures(together) == scored_figures(alone)
+        assert together.extra == {"observed": 750}  # the feed's stats, in every result
+    assert len({result.metrics["hr@10"] for result in shared}) == 3  # the arms do differ
+    # The stream went in once; the hook ran with the user of each question (repeats are none).
+    assert feed.calls == ["fit"] + ["observe"] * 750
+    touched = {(row.user, row.item) for row in data[:750]}
+    questions = []
+    for row in data[750:]:
+        if (row.user, row.item) not in touched:
+            questions.append(row.user)
+        touched.add((row.user, row.item))
+    assert asked == questions
+
+
+def test_evaluate_is_the_one_ranker_case_of_the_shared_protocol() -> None:
+    data = synthetic(DriftingClickstream(users=30, events=1500, initial_items=80)).interactions
+    peer = CooccurrencePeer()
+    [shared] = evaluate_shared(peer, {"c": peer}, data, dataset="s")
+    assert scored_figures(shared) == scored_figures(
+        evaluate("c", CooccurrencePeer(), data, dataset="s")
+    )
+
+
 # --- peers -------------------------------------------------------------------------------
 
 
@@ -384,6 +453,7 @@ class FakeStack:
         self.seen: dict[str, set[str]] = {}
         self.bodies: list[dict[str, Any]] = []
         self.batches: list[int] = []
+        self.asked: list[str] = []  # the inference host of each recommendation request
         self.fail_first = fail_first
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -398,6 +468,7 @@ class FakeStack:
         if request.url.path == "/v1/events":
             return httpx.Response(202, json=self._store(orjson.loads(request.content)))
         if request.url.path == "/v1/recommendations":
+            self.asked.append(request.url.host)
             user = request.url.params["user_id"]
             k = int(request.url.params["k"])
             items = self.model.recommend(user, k, self.seen.get(user, set()))
@@ -476,8 +547,11 @@ class LaggingUpdater(FakeStack):
         return super().handler(request)
 
 
+# Two history events, then three to test-then-train on (two of user a in a row).
+LAGGING = rows(("a", "1", 1), ("b", "2", 2), ("a", "3", 3), ("a", "4", 4), ("c", "5", 5))
+
+
 def replay_lagging(watched: bool) -> tuple[LaggingUpdater, HttpRecommender]:
-    """Two history events, then test-then-train on three more (two of user a in a row)."""
     stack = LaggingUpdater()
     remote = HttpRecommender(
         "http://ingest",
@@ -485,10 +559,9 @@ def replay_lagging(watched: bool) -> tuple[LaggingUpdater, HttpRecommender]:
         transport=httpx.MockTransport(stack.handler),
         features_metrics_url="http://features/metrics" if watched else None,
     )
-    data = rows(("a", "1", 1), ("b", "2", 2), ("a", "3", 3), ("a", "4", 4), ("c", "5", 5))
     stack.applied = -1  # the first read (the baseline) shows only the 7 events before
-    remote.fit_history(data[:2])
-    for row in data[2:]:
+    remote.fit_history(LAGGING[:2])
+    for row in LAGGING[2:]:
         remote.recommend(row.user, 10, set())
         remote.observe(row)
     return stack, remote
@@ -527,6 +600,55 @@ def test_replay_adapter_prefixes_ids_and_posts_ratings() -> None:
     assert remote.recommend("3", 20, set()) == ["10", "20"]  # prefix stripped
     with pytest.raises(ValueError, match="batch_size"):
         HttpRecommender("http://i", "http://j", batch_size=1001)
+
+
+def test_one_http_feed_posts_each_event_once_for_several_rankers() -> None:
+    data = synthetic(DriftingClickstream(users=30, events=2500, initial_items=80)).interactions
+    stack = FakeStack()
+    transport = httpx.MockTransport(stack.handler)
+    feed = HttpFeed("http://ingest", transport=transport, run_id="run1")
+    rankers = {name: HttpRanker(f"http://{name}", transport=transport) for name in ("a", "b")}
+    shared = evaluate_shared(feed, rankers, data, concurrent=True)
+    assert len(stack.bodies) == 2500  # one POST per interaction, not one per arm
+    assert sorted(stack.asked) == sorted(["a", "b"] * shared[0].scored)
+    twin = FakeStack()  # the same service, replayed by one HttpRecommender
+    one = HttpRecommender("http://i", "http://j", transport=httpx.MockTransport(twin.handler))
+    alone = evaluate("stack", one, data)
+    for result in shared:
+        assert result.metrics == alone.metrics
+        assert result.extra["posted"] == 2500
+        assert result.extra["run_id"] == "run1"
+        assert result.extra["recommend_requests"] == result.scored
+
+
+def test_a_shared_feed_waits_once_per_question_whatever_the_rankers() -> None:
+    alone, _ = replay_lagging(watched=True)
+    stack = LaggingUpdater()
+    transport = httpx.MockTransport(stack.handler)
+    feed = HttpFeed(
+        "http://ingest", transport=transport, features_metrics_url="http://features/metrics"
+    )
+    rankers = {name: HttpRanker(f"http://{name}", transport=transport) for name in "abc"}
+    stack.applied = -1  # as in ``replay_lagging``: the baseline shows the 7 events before
+    evaluate_shared(feed, rankers, LAGGING, before_asking=feed.wait_for_user, concurrent=True)
+    assert stack.lag_violations == 0
+    assert stack.polls == alone.polls  # the barrier's reads: as many as for one ranker
+    assert feed.stats()["features_timeouts"] == 0
+
+
+def test_ranker_counts_its_retries_and_the_touched_items_it_returned() -> None:
+    stack = FakeStack(fail_first=1)
+    stack.model.fit_history(rows(("u", "a", 1), ("v", "b", 2), ("v", "a", 3)))
+    ranker = HttpRanker(
+        "http://inference", transport=httpx.MockTransport(stack.handler), max_retry_wait_s=0.0
+    )
+    # The service has not seen x touch a; the protocol has: a is counted, and still returned
+    # (the protocol drops it).
+    assert ranker.recommend("x", 2, {"a"}) == ["a", "b"]
+    stats = ranker.stats()
+    assert stats["recommend_retries"] == 1
+    assert stats["fallbacks"] == {"popularity": 1}
+    assert stats["touched_returned"] == {"popularity": 1}
 
 
 # --- report ------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The fixed prequential protocol every arm is scored on, in-process peers and the stack alike.
 
 1. Sort by timestamp (stable; the readers do). The first ``history_fraction`` (50 %) is history:
-   ``fit_history`` gets all of it before any evaluation.
-2. Every later interaction (u, i), in order, is *test-then-train*: ask ``recommend(u, K=20,
-   exclude=items u touched so far)``, score the list, then ``observe`` the interaction.
+   the feed's ``fit_history`` gets all of it before any evaluation.
+2. Every later interaction (u, i), in order, is *test-then-train*: ask every ranker
+   ``recommend(u, K=20, exclude=items u touched so far)``, score each list, then the feed
+   ``observe``s the interaction.
 3. Scoring is full ranking over the whole catalogue the recommender knows, expressed through its
    top-K list: a hit at K if i is among the first K items, NDCG@K = 1 / log2(position + 2) (0 for a
    miss), so a target the recommender does not know, or ranks below K, is a miss.
@@ -15,15 +16,22 @@
 5. The evaluated part is also cut into ``windows`` (20: 5 % each, by stream position) for the
    curve over time, and split into users with history (seen in the first half) and cold users.
 
-The protocol cleans what a recommender returns (drops excluded items and duplicates, truncates to
-K), so a remote service whose features lag a little is scored exactly like a peer.
+An arm is a feed (what the stream goes into: ``fit_history``, ``observe``) and a ranker (what
+answers: ``recommend``). An in-process peer is both (a ``Recommender``, ``evaluate``); arms that
+differ only in what serves one shared stream (the stack arms) are several rankers on one feed
+(``evaluate_shared``), and each is scored exactly as if it had been evaluated alone.
+
+The protocol cleans what a ranker returns (drops excluded items and duplicates, truncates to K),
+so a remote service whose features lag a little is scored exactly like a peer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -36,14 +44,24 @@ PROGRESS_EVERY = 500
 
 
 @runtime_checkable
-class Recommender(Protocol):
-    """What an arm implements; ``exclude`` is the protocol's own set: read it, never keep it."""
+class Feed(Protocol):
+    """What the stream goes into: the history once, then each evaluated interaction in order."""
 
     def fit_history(self, interactions: Sequence[Interaction]) -> None: ...
 
+    def observe(self, interaction: Interaction) -> None: ...
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """What an arm answers; ``exclude`` is the protocol's own set: read it, never keep it."""
+
     def recommend(self, user: str, k: int, exclude: set[str]) -> list[str]: ...
 
-    def observe(self, interaction: Interaction) -> None: ...
+
+@runtime_checkable
+class Recommender(Feed, Ranker, Protocol):
+    """An arm that is its own feed, as every in-process peer is."""
 
 
 @dataclass(frozen=True)
@@ -143,14 +161,46 @@ def evaluate(
     config: ProtocolConfig | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EvaluationResult:
-    """Run the protocol; ``progress`` is called with the number of interactions advanced."""
+    """Run the protocol for one arm that is its own feed (every in-process peer)."""
+    return evaluate_shared(
+        recommender,
+        {arm: recommender},
+        interactions,
+        dataset=dataset,
+        config=config,
+        progress=progress,
+    )[0]
+
+
+def evaluate_shared(
+    feed: Feed,
+    rankers: Mapping[str, Ranker],
+    interactions: Sequence[Interaction],
+    *,
+    dataset: str = "",
+    config: ProtocolConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+    before_asking: Callable[[str], None] | None = None,
+    concurrent: bool = False,
+) -> list[EvaluationResult]:
+    """Run the protocol once for several arms that see the same stream, one result per ranker.
+
+    ``feed`` gets the history and each interaction once; before each scored interaction every
+    ranker is asked the same question and scored on its own answer, exactly as if it had been
+    evaluated alone. ``before_asking`` runs with the user before the rankers are asked (where a
+    remote feed waits until the stack has applied that user's last event); ``concurrent`` asks
+    the rankers at once, one thread each (remote services answer in parallel). ``progress`` is
+    called with the number of interactions advanced. A result's ``extra`` holds the feed's
+    ``stats()`` (the same in every result) and then its ranker's, when they have one.
+    """
     config = config or ProtocolConfig()
+    names = list(rankers)
     total = len(interactions)
     split = split_point(total, config.history_fraction)
     history = interactions[:split]
 
     started = time.perf_counter()
-    recommender.fit_history(history)
+    feed.fit_history(history)
     fit_s = time.perf_counter() - started
     if progress:
         progress(split)
@@ -162,77 +212,102 @@ def evaluate(
     catalogue = {row.item for row in history}
 
     evaluated = total - split
-    ranks = np.full(evaluated, np.inf)
+    ranks = {name: np.full(evaluated, np.inf) for name in names}
+    recommend_s = dict.fromkeys(names, 0.0)
     scored = np.zeros(evaluated, dtype=bool)
     cold = np.zeros(evaluated, dtype=bool)
     unknown_targets = 0
     repeats = 0
-    recommend_s = 0.0
     k = config.k
     clock = time.perf_counter
+
+    def ask(name: str, user: str, seen: set[str]) -> tuple[list[str], float]:
+        asked = clock()
+        recommended = rankers[name].recommend(user, k, seen)
+        return recommended, clock() - asked
+
+    pool = ThreadPoolExecutor(len(names)) if concurrent else None
     started = clock()
-    for position in range(evaluated):
-        row = interactions[split + position]
-        seen = touched.get(row.user)
-        if seen is None:
-            seen = touched[row.user] = set()
-        repeat = row.item in seen
-        repeats += repeat
-        if not repeat or config.score_repeats:
-            asked = clock()
-            recommended = recommender.recommend(row.user, k, seen)
-            recommend_s += clock() - asked
-            top = clean_top_k(recommended, seen, k)
-            if row.item in top:
-                ranks[position] = top.index(row.item)
-            scored[position] = True
-            cold[position] = row.user not in warm_users
-            if row.item not in catalogue:
-                unknown_targets += 1
-        recommender.observe(row)
-        seen.add(row.item)
-        catalogue.add(row.item)
-        if progress and (position + 1) % PROGRESS_EVERY == 0:
-            progress(PROGRESS_EVERY)
+    try:
+        for position in range(evaluated):
+            row = interactions[split + position]
+            seen = touched.get(row.user)
+            if seen is None:
+                seen = touched[row.user] = set()
+            repeat = row.item in seen
+            repeats += repeat
+            if not repeat or config.score_repeats:
+                if before_asking:
+                    before_asking(row.user)
+                if pool is None:
+                    answers = [ask(name, row.user, seen) for name in names]
+                else:
+                    answers = list(pool.map(partial(ask, user=row.user, seen=seen), names))
+                for name, (recommended, seconds) in zip(names, answers, strict=True):
+                    recommend_s[name] += seconds
+                    top = clean_top_k(recommended, seen, k)
+                    if row.item in top:
+                        ranks[name][position] = top.index(row.item)
+                scored[position] = True
+                cold[position] = row.user not in warm_users
+                if row.item not in catalogue:
+                    unknown_targets += 1
+            feed.observe(row)
+            seen.add(row.item)
+            catalogue.add(row.item)
+            if progress and (position + 1) % PROGRESS_EVERY == 0:
+                progress(PROGRESS_EVERY)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     evaluate_s = clock() - started
     if progress and evaluated % PROGRESS_EVERY:
         progress(evaluated % PROGRESS_EVERY)
 
-    windows = []
     bounds = [round(evaluated * w / config.windows) for w in range(config.windows + 1)]
-    for index in range(config.windows):
-        low, high = bounds[index], bounds[index + 1]
-        if high <= low:
-            continue
-        mask = scored[low:high]
-        windows.append(
+    spans = [(index, bounds[index], bounds[index + 1]) for index in range(config.windows)]
+    spans = [(index, low, high) for index, low, high in spans if high > low]
+    feed_stats = _stats(feed)
+    results = []
+    for name in names:
+        arm_ranks = ranks[name]
+        windows = [
             WindowResult(
                 index=index,
                 start=split + low,
                 end=split + high,
                 first_timestamp=interactions[split + low].timestamp,
                 last_timestamp=interactions[split + high - 1].timestamp,
-                metrics=rank_metrics(ranks[low:high][mask], config.cutoffs),
+                metrics=rank_metrics(arm_ranks[low:high][scored[low:high]], config.cutoffs),
+            )
+            for index, low, high in spans
+        ]
+        results.append(
+            EvaluationResult(
+                arm=name,
+                dataset=dataset,
+                config=config,
+                interactions=total,
+                history=split,
+                evaluated=evaluated,
+                scored=int(scored.sum()),
+                repeats=repeats,
+                unknown_targets=unknown_targets,
+                cold_scored=int(cold.sum()),
+                metrics=rank_metrics(arm_ranks[scored], config.cutoffs),
+                cold_metrics=rank_metrics(arm_ranks[scored & cold], config.cutoffs),
+                warm_metrics=rank_metrics(arm_ranks[scored & ~cold], config.cutoffs),
+                windows=windows,
+                fit_s=fit_s,
+                evaluate_s=evaluate_s,
+                recommend_s=recommend_s[name],
+                extra={**feed_stats, **_stats(rankers[name])},
             )
         )
-    stats = getattr(recommender, "stats", None)
-    return EvaluationResult(
-        arm=arm,
-        dataset=dataset,
-        config=config,
-        interactions=total,
-        history=split,
-        evaluated=evaluated,
-        scored=int(scored.sum()),
-        repeats=repeats,
-        unknown_targets=unknown_targets,
-        cold_scored=int(cold.sum()),
-        metrics=rank_metrics(ranks[scored], config.cutoffs),
-        cold_metrics=rank_metrics(ranks[scored & cold], config.cutoffs),
-        warm_metrics=rank_metrics(ranks[scored & ~cold], config.cutoffs),
-        windows=windows,
-        fit_s=fit_s,
-        evaluate_s=evaluate_s,
-        recommend_s=recommend_s,
-        extra=dict(stats()) if callable(stats) else {},
-    )
+    return results
+
+
+def _stats(part: object) -> dict[str, Any]:
+    """What a feed or ranker reports about itself (``stats()``), when it does."""
+    stats = getattr(part, "stats", None)
+    return dict(stats()) if callable(stats) else {}

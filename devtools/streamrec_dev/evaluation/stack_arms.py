@@ -1,35 +1,50 @@
 """Arms 1–6 of the evaluation through the real stack: HTTP → ingest → Kafka → trainer and feature
 updater → inference → HTTP, scored by the same prequential protocol as the in-process peers.
 
-Every arm gets its own services (ingest, trainer, inference, feature updater: one uvicorn or
-Python process each, as in a pod) on shared Kafka and Redis servers, with its own topics, Redis
-key prefix, registry and artifact folder: arms never see each other's events, features or models,
-and the same interactions go through each of them. What differs is only how the stack is driven:
+One stream, many arms. The arms replay identical events and differ only in what serves them, so
+they share the write path (one uvicorn or Python process per service, as in a pod, on one Kafka
+and one Redis):
 
-| arm | model | features while evaluated | while evaluated |
+- one ingest and one ``events`` topic: the replay posts each interaction once;
+- two feature updaters on ``events``, each with its own consumer group and Redis key prefix:
+  *fresh* keeps running; *frozen* is stopped once it has applied the history, so that users'
+  recent items and the popularity ranking stay as the history left them (what a static
+  deployment without a feature pipeline serves);
+- one trainer per trainer group, with its own control topic (a trainer acts on every
+  ``train_requested`` of its topic, so groups never share one), registry and artifact folder,
+  all reading the shared ``events``;
+- one inference process per arm: the Redis prefix of its features, its group's control topic
+  and registry, the spec it serves (the popularity arms serve one that never gets a model, so
+  every answer is inference's popularity fallback) and, for the frozen arms, version 1 pinned.
+
+The replay (``HttpFeed``) posts the history, then for each evaluated interaction waits once for
+the fresh updater to have applied the user's last event, asks every arm's inference at once, and
+posts the event; ``evaluate_shared`` scores each arm on its own answers.
+
+| arm | trainer group | model | features while evaluated |
 |---|---|---|---|
-| ``popularity-history`` | none (popularity fallback) | frozen at the end of the history | — |
-| ``popularity-online`` | none (popularity fallback) | fresh | — |
-| ``frozen`` | batch run on the history | frozen at the end of the history | — |
-| ``frozen-fresh-features`` | batch run on the history | fresh | — |
-| ``incremental`` (the product) | batch, then a follow run warm from it | fresh | publishes |
-| ``periodic-retrain`` | batch, then a full retrain every 5 % | fresh | retrains |
+| ``popularity-history`` | ``frozen`` | none (popularity fallback) | frozen |
+| ``popularity-online`` | ``frozen`` | none (popularity fallback) | fresh |
+| ``frozen`` | ``frozen`` | one batch run on the history: v1 | frozen |
+| ``frozen-fresh-features`` | ``frozen`` | the same v1 | fresh |
+| ``incremental`` (the product) | ``incremental`` | v1, then a follow run warm from it | fresh |
+| ``periodic-retrain`` | ``periodic-retrain`` | v1, then a full retrain every 5 % | fresh |
 
-"Frozen features" is the feature updater stopped once it has applied the history: users'
-recent items and the popularity ranking stay as the history left them, what a static
-deployment without a feature pipeline serves. The follow run of ``incremental`` starts at the
-beginning of ``events`` warm from the batch version, so that it rebuilds users' recent items and
-its replay sample from the history (a published version carries weights, not user state); the
-replay waits until it has caught up with the history before evaluating. ``periodic-retrain``
-requests a batch run from scratch over everything at each boundary and keeps replaying while it
-trains (a retrain still running at the next boundary makes that boundary skip, and says so).
+The follow run of ``incremental`` starts at the beginning of ``events`` warm from v1, so that it
+rebuilds users' recent items and its replay sample from the history (a published version carries
+weights, not user state); the replay waits until it has caught up with the history before
+evaluating. ``periodic-retrain`` requests a batch run from scratch over everything at each
+boundary and keeps replaying while it trains (a retrain still running at the next boundary makes
+that boundary skip, and says so).
+
+CPU: each result's ``cpu_s`` holds the processes used by that arm alone (its inference, and its
+trainer when no other arm shares it); ``shared_cpu_s``, the same in every result, the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -44,10 +59,16 @@ from streamrec_shared.kafka import ensure_topics
 from streamrec_shared.settings import KafkaSettings, TopicSettings
 
 from streamrec_dev.evaluation.data import Dataset
-from streamrec_dev.evaluation.protocol import EvaluationResult, ProtocolConfig, evaluate
+from streamrec_dev.evaluation.protocol import (
+    EvaluationResult,
+    ProtocolConfig,
+    evaluate_shared,
+    split_point,
+)
 from streamrec_dev.evaluation.replay import (
     HistoryPosted,
-    HttpRecommender,
+    HttpFeed,
+    HttpRanker,
     ReplayError,
     read_features_applied,
 )
@@ -71,6 +92,9 @@ EVALUATION_HYPERPARAMETERS: dict[str, Any] = {
     "tie_embeddings": True,
 }
 EVALUATION_SPEC = "evaluation"
+# What the popularity arms' inference serves: no run ever trains it, so every answer comes from
+# inference's popularity fallback.
+POPULARITY_SPEC = "popularity-only"
 ENDED = frozenset({"succeeded", "failed", "stopped"})  # a run's final statuses
 
 
@@ -79,9 +103,27 @@ class StackArm:
     name: str
     summary: str
     trains: bool = False  # a batch run on the history before the evaluation
-    fresh_features: bool = False  # the feature updater keeps running during the evaluation
+    fresh_features: bool = False  # reads the features of the updater that keeps running
     follows: bool = False  # a follow run (incremental training and publishing) after the batch
     retrain_windows: int = 0  # full retrains at this many evenly spaced points (0: none)
+
+    @property
+    def group(self) -> str:
+        """The trainer group: arms whose trainer does the same work share it."""
+        if self.follows:
+            return "incremental"
+        if self.retrain_windows:
+            return "periodic-retrain"
+        return "frozen"
+
+    @property
+    def spec_id(self) -> str:
+        return EVALUATION_SPEC if self.trains else POPULARITY_SPEC
+
+    @property
+    def pinned_version(self) -> int | None:
+        """The frozen arms serve the batch version and nothing else."""
+        return 1 if self.trains and self.group == "frozen" else None
 
 
 STACK_ARMS: dict[str, StackArm] = {
@@ -131,83 +173,6 @@ class StackEvaluationSettings:
     gate_min_events: int = 100
     rate: float | None = None  # evaluated events/s (None: as fast as the stack answers)
     ready_timeout_s: float = 900.0
-    parallel: int = 1  # arms at once (each on its own services)
-
-
-class ArmStack:
-    """The four services one arm runs on, on the shared Kafka and Redis."""
-
-    def __init__(self, arm: StackArm, home: Path, kafka: KafkaServer, redis: RedisServer) -> None:
-        self.arm = arm
-        self.home = home
-        self.kafka = kafka
-        self.run_tag = uuid.uuid4().hex[:8]
-        safe = re.sub(r"[^a-z0-9]+", "-", arm.name)
-        self.topics = TopicSettings(default_partitions=1).isolated(f"eval-{safe}-{self.run_tag}")
-        env = {
-            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-            **self.topics.environment(),
-            "STREAMREC_REDIS_URL": redis.url,
-            "STREAMREC_REDIS_KEY_PREFIX": f"eval:{safe}:{self.run_tag}:",
-            "STREAMREC_LOG_FORMAT": "text",
-            "STREAMREC_LOG_LEVEL": "WARNING",
-            "STREAMREC_TRAINER_DATABASE_URL": f"sqlite:///{home / 'registry.db'}",
-            "STREAMREC_TRAINER_ARTIFACTS_DIR": str(home / "artifacts"),
-            "STREAMREC_TRAINER_CONTROL_GROUP": f"trainer-{self.run_tag}",
-            "STREAMREC_INFERENCE_ARTIFACTS_DIR": str(home / "artifacts"),
-            "STREAMREC_INFERENCE_ARTIFACT_CACHE_DIR": str(home / "model-cache"),
-            "STREAMREC_INFERENCE_SPEC_ID": EVALUATION_SPEC,
-            "STREAMREC_INFERENCE_RUN_FEATURE_UPDATER": "false",
-            "STREAMREC_INFERENCE_FEATURES_GROUP": f"features-{self.run_tag}",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-
-        def service(name: str, factory: str, **extra: str) -> ServiceServer:
-            return ServiceServer(
-                name=name,
-                home=home,
-                port=free_port(),
-                app_factory=factory,
-                env={**env, **extra},
-            )
-
-        self.trainer = service("trainer", "trainer.main:create_app")
-        self.ingest = service("ingest", "ingest.main:create_app")
-        self.inference = service(
-            "inference",
-            "inference.main:create_app",
-            STREAMREC_INFERENCE_TRAINER_URL=self.trainer.url,
-        )
-        features_port = free_port()
-        self.features = ModuleServer(
-            name="features",
-            home=home,
-            port=features_port,
-            module="inference.updater",
-            args=("--metrics-port", str(features_port), "--metrics-host", "127.0.0.1"),
-            env=env,
-        )
-
-    def servers(self) -> list[ManagedProcess]:
-        return [self.trainer, self.ingest, self.features, self.inference]
-
-    def start(self) -> None:
-        kafka = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
-        asyncio.run(ensure_topics(kafka, self.topics))
-        for server in self.servers():
-            server.start(timeout=120)
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time each running service has used so far (user + system), for the report."""
-        used = {}
-        for server in self.servers():
-            pid = server.pid()
-            if pid is not None:
-                used[server.name] = process_cpu_seconds(pid)
-        return used
-
-    def stop(self) -> None:
-        stop_all(self.servers())
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -220,11 +185,9 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class ArmLog:
-    """What an arm's driver did, for the report."""
+class GroupLog:
+    """What a trainer group was asked to do, for the report of the arms it trains."""
 
-    versions_published: int = 0
-    rejections: int = 0
     retrains_requested: int = 0
     retrains_skipped: int = 0  # boundaries reached while the previous retrain still ran
     history_batch_s: float = 0.0
@@ -235,56 +198,84 @@ class ArmLog:
         return dict(self.__dict__)
 
 
-class ArmDriver:
-    """Drives one arm's stack at the protocol's two hooks: after the history, after each event."""
+class TrainerGroup:
+    """One trainer (own control topic, registry and artifact folder) on the shared ``events``,
+    and what the evaluation asks of it: the batch run on the history, then a follow run or
+    periodic full retrains, as its arms say."""
 
     def __init__(
-        self, arm: StackArm, stack: ArmStack, settings: StackEvaluationSettings, evaluated: int
+        self,
+        name: str,
+        arms: Sequence[StackArm],
+        home: Path,
+        env: dict[str, str],
+        topics: TopicSettings,
+        settings: StackEvaluationSettings,
+        evaluated: int,
     ) -> None:
-        self.arm = arm
-        self.stack = stack
+        self.name = name
+        self.arms = list(arms)
+        self.home = home
+        self.topics = topics
         self.settings = settings
-        self.log = ArmLog()
-        self.trainer = httpx.Client(base_url=stack.trainer.url, timeout=30)
-        self.inference = httpx.Client(base_url=stack.inference.url, timeout=30)
-        self.retrain_every = evaluated // arm.retrain_windows if arm.retrain_windows else 0
+        self.trains = any(arm.trains for arm in arms)
+        self.follows = any(arm.follows for arm in arms)
+        windows = max(arm.retrain_windows for arm in arms)
+        self.retrain_every = evaluated // windows if windows else 0
         self.retrain_run: str | None = None
+        self.log = GroupLog()
+        self.server = ServiceServer(
+            name=f"trainer-{name}",
+            home=home,
+            port=free_port(),
+            app_factory="trainer.main:create_app",
+            env={
+                **env,
+                **topics.environment(),
+                "STREAMREC_TRAINER_DATABASE_URL": f"sqlite:///{home / 'registry.db'}",
+                "STREAMREC_TRAINER_ARTIFACTS_DIR": str(self.artifacts_dir),
+                "STREAMREC_TRAINER_CONTROL_GROUP": f"trainer-{name}-{uuid.uuid4().hex[:8]}",
+            },
+        )
+        self.http = httpx.Client(base_url=self.server.url, timeout=30)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
 
     def close(self) -> None:
-        self.trainer.close()
-        self.inference.close()
+        self.http.close()
 
-    # --- after the history ---------------------------------------------------------------
+    # --- after the history -----------------------------------------------------------------
 
-    def ready(self, posted: HistoryPosted) -> None:
-        deadline = time.monotonic() + self.settings.ready_timeout_s
-        self._wait_features_applied(posted.events, deadline)
+    def request_history_batch(self) -> str:
         self._create_spec()
-        if self.arm.trains:
-            started = time.perf_counter()
-            run_id = self._request_batch(self.settings.history_epochs)
-            self.log.runs.append(run_id)
-            version = self._wait_version(1, run_id, deadline)
-            self._wait_served(version, deadline)
-            self.log.history_batch_s = time.perf_counter() - started
-        if self.arm.follows:
-            started = time.perf_counter()
-            run_id = self._request_follow()
-            self.log.runs.append(run_id)
-            self._wait_caught_up(run_id, posted.end_offsets, deadline)
-            self._wait_served(self._latest_version(), deadline)
-            self.log.catch_up_s = time.perf_counter() - started
-        if not self.arm.fresh_features:
-            # From here on users' recent items and popularity stay as the history left them.
-            self.stack.features.stop()
+        run_id = self._request_batch(self.settings.history_epochs)
+        self.log.runs.append(run_id)
+        return run_id
+
+    def request_follow(self) -> str:
+        body = {
+            "mode": "incremental",
+            "warm_start": True,
+            "stream": {"kind": "follow", "topic": self.topics.events, "start": "earliest"},
+            "validation": {"min_events": self.settings.gate_min_events},
+            "publish": {
+                "every_events": self.settings.publish_every_events,
+                "every_s": self.settings.publish_every_s,
+            },
+        }
+        run_id = self._request(body)
+        self.log.runs.append(run_id)
+        return run_id
 
     def _create_spec(self) -> None:
         body = {
             "id": EVALUATION_SPEC,
-            "description": f"evaluation arm {self.arm.name}",
+            "description": f"evaluation, trainer group {self.name}",
             "spec": {"family": "item_pooling", "hyperparameters": self.settings.hyperparameters},
         }
-        response = self.trainer.post("/v1/specs", json=body)
+        response = self.http.post("/v1/specs", json=body)
         if response.status_code not in (201, 409):
             raise ReplayError(f"creating the spec: {response.status_code} {response.text}")
 
@@ -297,80 +288,53 @@ class ArmDriver:
         }
         return self._request(body)
 
-    def _request_follow(self) -> str:
-        body = {
-            "mode": "incremental",
-            "warm_start": True,
-            "stream": {"kind": "follow", "topic": self.stack.topics.events, "start": "earliest"},
-            "validation": {"min_events": self.settings.gate_min_events},
-            "publish": {
-                "every_events": self.settings.publish_every_events,
-                "every_s": self.settings.publish_every_s,
-            },
-        }
-        return self._request(body)
-
     def _request(self, body: dict[str, Any]) -> str:
-        response = self.trainer.post(f"/v1/specs/{EVALUATION_SPEC}/runs", json=body)
+        response = self.http.post(f"/v1/specs/{EVALUATION_SPEC}/runs", json=body)
         if response.status_code != 202:
             raise ReplayError(f"requesting training: {response.status_code} {response.text}")
         return str(response.json()["run_id"])
 
-    def _latest_version(self) -> int:
-        response = self.trainer.get(f"/v1/specs/{EVALUATION_SPEC}/versions/latest")
+    def latest_version(self, spec_id: str = EVALUATION_SPEC) -> int:
+        response = self.http.get(f"/v1/specs/{spec_id}/versions/latest")
         return int(response.json()["version"]) if response.status_code == 200 else 0
 
-    def _wait_version(self, at_least: int, run_id: str, deadline: float) -> int:
+    def rejections(self, spec_id: str) -> int:
+        response = self.http.get(f"/v1/specs/{spec_id}/rejections")
+        return len(response.json()) if response.status_code == 200 else 0
+
+    def wait_version(self, at_least: int, run_id: str, deadline: float) -> int:
         while time.monotonic() < deadline:
-            version = self._latest_version()
+            version = self.latest_version()
             if version >= at_least:
                 return version
-            answer = self._run(run_id)
+            answer = self.run(run_id)
             if answer is not None and answer["run"]["status"] in ENDED:
-                raise ReplayError(f"{self.arm.name}: run {run_id} ended: {answer['run']}")
+                raise ReplayError(f"{self.name}: run {run_id} ended: {answer['run']}")
             time.sleep(0.5)
-        raise ReplayError(f"{self.arm.name}: no model version {at_least} in time")
+        raise ReplayError(f"{self.name}: no model version {at_least} in time")
 
-    def _wait_served(self, version: int, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            served = self.inference.get("/v1/model").json().get("version")
-            if served is not None and served >= version:
-                return
-            time.sleep(0.2)
-        raise ReplayError(f"{self.arm.name}: inference did not serve version {version} in time")
-
-    def _wait_caught_up(self, run_id: str, end_offsets: dict[int, int], deadline: float) -> None:
+    def wait_caught_up(self, run_id: str, end_offsets: dict[int, int], deadline: float) -> None:
         """Until the follow run's position is past every offset of the history."""
         while time.monotonic() < deadline:
-            answer = self._run(run_id)
+            answer = self.run(run_id)
             if answer is not None:
                 if answer["run"]["status"] in ENDED:
-                    raise ReplayError(f"{self.arm.name}: run {run_id} ended: {answer['run']}")
+                    raise ReplayError(f"{self.name}: run {run_id} ended: {answer['run']}")
                 live = answer.get("live") or {}
                 position = {int(p): int(o) for p, o in (live.get("position") or {}).items()}
                 if all(position.get(p, 0) >= end for p, end in end_offsets.items()):
                     return
             time.sleep(0.5)
-        raise ReplayError(f"{self.arm.name}: the follow run did not catch up in time")
+        raise ReplayError(f"{self.name}: the follow run did not catch up in time")
 
-    def _run(self, run_id: str) -> dict[str, Any] | None:
+    def run(self, run_id: str) -> dict[str, Any] | None:
         """The run as the trainer reports it; ``None`` until its control loop registered it."""
-        response = self.trainer.get(f"/v1/runs/{run_id}")
+        response = self.http.get(f"/v1/runs/{run_id}")
         if response.status_code == 404:
             return None
         response.raise_for_status()
         answer: dict[str, Any] = response.json()
         return answer
-
-    def _wait_features_applied(self, events: int, deadline: float) -> None:
-        """Until the feature updater has applied every history event (its applied counter)."""
-        url = f"{self.stack.features.url}/metrics"
-        with httpx.Client(timeout=10) as client:
-            while time.monotonic() < deadline:
-                if read_features_applied(client, url) >= events:
-                    return
-                time.sleep(0.2)
-        raise ReplayError(f"{self.arm.name}: the feature updater did not apply the history")
 
     # --- after each evaluated event ---------------------------------------------------------
 
@@ -378,7 +342,7 @@ class ArmDriver:
         if not self.retrain_every or count % self.retrain_every:
             return
         if self.retrain_run is not None:
-            answer = self._run(self.retrain_run)
+            answer = self.run(self.retrain_run)
             if answer is None or answer["run"]["status"] not in ENDED:
                 self.log.retrains_skipped += 1
                 return
@@ -386,11 +350,240 @@ class ArmDriver:
         self.log.runs.append(self.retrain_run)
         self.log.retrains_requested += 1
 
-    def finish(self) -> dict[str, Any]:
-        self.log.versions_published = self._latest_version()
-        rejections = self.trainer.get(f"/v1/specs/{EVALUATION_SPEC}/rejections")
-        self.log.rejections = len(rejections.json()) if rejections.status_code == 200 else 0
-        return {"arm_summary": self.arm.summary, **self.log.as_dict()}
+
+class ArmInference:
+    """One arm's inference process: the features, registry and spec (or version) it serves."""
+
+    def __init__(
+        self, arm: StackArm, group: TrainerGroup, home: Path, env: dict[str, str], prefix: str
+    ) -> None:
+        self.arm = arm
+        self.group = group
+        pinned = {"STREAMREC_INFERENCE_MODEL_VERSION": str(arm.pinned_version)}
+        self.server = ServiceServer(
+            name=f"inference-{arm.name}",
+            home=home,
+            port=free_port(),
+            app_factory="inference.main:create_app",
+            env={
+                **env,
+                **group.topics.environment(),
+                "STREAMREC_REDIS_KEY_PREFIX": prefix,
+                "STREAMREC_INFERENCE_TRAINER_URL": group.server.url,
+                "STREAMREC_INFERENCE_ARTIFACTS_DIR": str(group.artifacts_dir),
+                "STREAMREC_INFERENCE_ARTIFACT_CACHE_DIR": str(home / f"model-cache-{arm.name}"),
+                "STREAMREC_INFERENCE_SPEC_ID": arm.spec_id,
+                "STREAMREC_INFERENCE_RUN_FEATURE_UPDATER": "false",
+                **(pinned if arm.pinned_version else {}),
+            },
+        )
+        self.ranker = HttpRanker(self.server.url)
+
+    def wait_served(self, version: int, deadline: float) -> None:
+        with httpx.Client(base_url=self.server.url, timeout=30) as client:
+            while time.monotonic() < deadline:
+                served = client.get("/v1/model").json().get("version")
+                if served is not None and served >= version:
+                    return
+                time.sleep(0.2)
+        raise ReplayError(f"{self.arm.name}: inference did not serve version {version} in time")
+
+
+class SharedStack:
+    """Every service of the run on the shared Kafka and Redis, and the hooks that drive it: after
+    the history (``ready``) and after each evaluated event (``observed``)."""
+
+    def __init__(
+        self,
+        arms: Sequence[StackArm],
+        home: Path,
+        kafka: KafkaServer,
+        redis: RedisServer,
+        settings: StackEvaluationSettings,
+        evaluated: int,
+    ) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.run_tag = uuid.uuid4().hex[:8]
+        self.topics = TopicSettings(default_partitions=1).isolated(f"eval-{self.run_tag}")
+        env = {
+            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "STREAMREC_REDIS_URL": redis.url,
+            "STREAMREC_LOG_FORMAT": "text",
+            "STREAMREC_LOG_LEVEL": "WARNING",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        shared_env = {**env, **self.topics.environment()}
+        self.ingest = ServiceServer(
+            name="ingest",
+            home=home,
+            port=free_port(),
+            app_factory="ingest.main:create_app",
+            env={
+                **shared_env,
+                "STREAMREC_REDIS_KEY_PREFIX": f"eval:{self.run_tag}:ingest:",
+                # The replay posts one event at a time and waits for each: there is nothing to
+                # batch with, and the producer's linger (2 ms) cost ~3.5 ms per POST here.
+                "STREAMREC_KAFKA_LINGER_MS": "0",
+            },
+        )
+        fresh_prefix = f"eval:{self.run_tag}:fresh:"
+        frozen_prefix = f"eval:{self.run_tag}:frozen:"
+        self.fresh_features = (
+            self._updater("features-fresh", home, shared_env, fresh_prefix)
+            if any(arm.fresh_features for arm in arms)
+            else None
+        )
+        self.frozen_features = (
+            self._updater("features-frozen", home, shared_env, frozen_prefix)
+            if not all(arm.fresh_features for arm in arms)
+            else None
+        )
+        self.frozen_features_cpu_s = 0.0  # measured when it stops, before the evaluation
+        self.groups: dict[str, TrainerGroup] = {}
+        for name in dict.fromkeys(arm.group for arm in arms):
+            # Each group's own topics (control above all), reading the shared events.
+            topics = self.topics.isolated(name).model_copy(update={"events": self.topics.events})
+            members = [arm for arm in arms if arm.group == name]
+            self.groups[name] = TrainerGroup(
+                name, members, home / name, env, topics, settings, evaluated
+            )
+        self.inference = [
+            ArmInference(
+                arm,
+                self.groups[arm.group],
+                home,
+                env,
+                fresh_prefix if arm.fresh_features else frozen_prefix,
+            )
+            for arm in arms
+        ]
+
+    @staticmethod
+    def _updater(name: str, home: Path, env: dict[str, str], prefix: str) -> ModuleServer:
+        port = free_port()
+        return ModuleServer(
+            name=name,
+            home=home,
+            port=port,
+            module="inference.updater",
+            args=("--metrics-port", str(port), "--metrics-host", "127.0.0.1"),
+            env={
+                **env,
+                "STREAMREC_REDIS_KEY_PREFIX": prefix,
+                "STREAMREC_INFERENCE_FEATURES_GROUP": f"{name}-{uuid.uuid4().hex[:8]}",
+            },
+        )
+
+    def servers(self) -> list[ManagedProcess]:
+        updaters = [u for u in (self.fresh_features, self.frozen_features) if u is not None]
+        return [
+            self.ingest,
+            *updaters,
+            *(group.server for group in self.groups.values()),
+            *(arm.server for arm in self.inference),
+        ]
+
+    def start(self) -> None:
+        kafka = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
+        for topics in (self.topics, *(group.topics for group in self.groups.values())):
+            asyncio.run(ensure_topics(kafka, topics))
+        with ThreadPoolExecutor(len(self.servers())) as pool:
+            # Started at once: each is mostly importing (TensorFlow for the trainers).
+            list(pool.map(lambda server: server.start(timeout=180), self.servers()))
+
+    def stop(self) -> None:
+        for group in self.groups.values():
+            group.close()
+        for arm in self.inference:
+            arm.ranker.close()
+        stop_all(self.servers())
+
+    # --- after the history ---------------------------------------------------------------
+
+    def ready(self, posted: HistoryPosted) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        if self.frozen_features is not None:
+            self._wait_features_applied(self.frozen_features, posted.events, deadline)
+            # From here on the frozen features stay as the history left them.
+            pid = self.frozen_features.pid()
+            self.frozen_features_cpu_s = process_cpu_seconds(pid) if pid is not None else 0.0
+            self.frozen_features.stop()
+        started = time.perf_counter()
+        # The batch runs train at once, each in its own trainer.
+        batches = [
+            (group, group.request_history_batch()) for group in self.groups.values() if group.trains
+        ]
+        for group, run_id in batches:
+            version = group.wait_version(1, run_id, deadline)
+            self._wait_served(group, version, deadline)
+            group.log.history_batch_s = time.perf_counter() - started
+        for group in self.groups.values():
+            if group.follows:
+                started = time.perf_counter()
+                run_id = group.request_follow()
+                group.wait_caught_up(run_id, posted.end_offsets, deadline)
+                self._wait_served(group, group.latest_version(), deadline)
+                group.log.catch_up_s = time.perf_counter() - started
+
+    def _wait_served(self, group: TrainerGroup, version: int, deadline: float) -> None:
+        for arm in self.inference:
+            if arm.group is group and arm.arm.trains:
+                arm.wait_served(arm.arm.pinned_version or version, deadline)
+
+    @staticmethod
+    def _wait_features_applied(updater: ModuleServer, events: int, deadline: float) -> None:
+        """Until the feature updater has applied every history event (its applied counter)."""
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < deadline:
+                if read_features_applied(client, f"{updater.url}/metrics") >= events:
+                    return
+                time.sleep(0.2)
+        raise ReplayError(f"{updater.name} did not apply the history in time")
+
+    # --- after each evaluated event ---------------------------------------------------------
+
+    def observed(self, count: int) -> None:
+        for group in self.groups.values():
+            group.observed(count)
+
+    # --- the report -----------------------------------------------------------------------
+
+    def cpu_seconds(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """CPU time (user + system) each process has used: per arm, those it uses alone;
+        then the shared ones."""
+
+        def used(server: ManagedProcess) -> float:
+            pid = server.pid()
+            return process_cpu_seconds(pid) if pid is not None else 0.0
+
+        shared = {"ingest": used(self.ingest)}
+        if self.fresh_features is not None:
+            shared["features-fresh"] = used(self.fresh_features)
+        if self.frozen_features is not None:
+            shared["features-frozen"] = self.frozen_features_cpu_s
+        own: dict[str, dict[str, float]] = {}
+        for arm in self.inference:
+            own[arm.arm.name] = {"inference": used(arm.server)}
+            if len(arm.group.arms) == 1:
+                own[arm.arm.name]["trainer"] = used(arm.group.server)
+        for group in self.groups.values():
+            if len(group.arms) > 1:
+                shared[group.server.name] = used(group.server)
+        return own, shared
+
+    def report(self, arm: ArmInference) -> dict[str, Any]:
+        """What the stack did for ``arm`` (its ``extra`` next to the replay's figures)."""
+        group = arm.group
+        log = group.log if arm.arm.trains else GroupLog()
+        return {
+            "arm_summary": arm.arm.summary,
+            "trainer_group": group.name,
+            "features": "fresh" if arm.arm.fresh_features else "frozen",
+            "versions_published": group.latest_version(arm.arm.spec_id),
+            "rejections": group.rejections(arm.arm.spec_id),
+            **log.as_dict(),
+        }
 
 
 @contextmanager
@@ -407,67 +600,51 @@ def shared_servers(home: Path) -> Iterator[tuple[KafkaServer, RedisServer]]:
         stop_all([kafka, redis])
 
 
-def run_arm(
-    arm: StackArm,
-    dataset: Dataset,
-    home: Path,
-    kafka: KafkaServer,
-    redis: RedisServer,
-    settings: StackEvaluationSettings,
-    config: ProtocolConfig,
-    progress: Callable[[int], None] | None = None,
-) -> EvaluationResult:
-    """One arm on its own services, start to stop."""
-    stack = ArmStack(arm, home / arm.name, kafka, redis)
-    evaluated = len(dataset.interactions) - int(len(dataset.interactions) * config.history_fraction)
-    try:
-        stack.start()
-        driver = ArmDriver(arm, stack, settings, evaluated)
-        replay = HttpRecommender(
-            stack.ingest.url,
-            stack.inference.url,
-            ready=driver.ready,
-            observed=driver.observed,
-            rate=settings.rate,
-            run_id=stack.run_tag,
-            # Frozen features: the updater stops after the history, nothing to wait for.
-            features_metrics_url=f"{stack.features.url}/metrics" if arm.fresh_features else None,
-        )
-        try:
-            result = evaluate(
-                f"stack:{arm.name}",
-                replay,
-                dataset.interactions,
-                dataset=dataset.name,
-                config=config,
-                progress=progress,
-            )
-            result.extra.update(driver.finish())
-            result.extra["cpu_s"] = stack.cpu_seconds()
-        finally:
-            replay.close()
-            driver.close()
-        return result
-    finally:
-        stack.stop()
-
-
 def run_stack_arms(
     dataset: Dataset,
     arms: Sequence[StackArm],
     home: Path,
     settings: StackEvaluationSettings | None = None,
     config: ProtocolConfig | None = None,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[EvaluationResult]:
-    """Every arm on the same interactions; ``parallel`` of them at once, results in arm order."""
+    """Every arm on one shared stream through one shared stack, results in arm order."""
     settings = settings or StackEvaluationSettings()
     config = config or ProtocolConfig()
+    total = len(dataset.interactions)
+    evaluated = total - split_point(total, config.history_fraction)
     with shared_servers(home) as (kafka, redis):
-
-        def one(arm: StackArm) -> EvaluationResult:
-            advance = (lambda count: progress(arm.name, count)) if progress else None
-            return run_arm(arm, dataset, home, kafka, redis, settings, config, advance)
-
-        with ThreadPoolExecutor(max(1, settings.parallel)) as pool:
-            return list(pool.map(one, arms))
+        stack = SharedStack(arms, home, kafka, redis, settings, evaluated)
+        try:
+            stack.start()
+            fresh = stack.fresh_features
+            feed = HttpFeed(
+                stack.ingest.url,
+                ready=stack.ready,
+                observed=stack.observed,
+                rate=settings.rate,
+                run_id=stack.run_tag,
+                # Only fresh features change while evaluated: nothing to wait for otherwise.
+                features_metrics_url=f"{fresh.url}/metrics" if fresh is not None else None,
+            )
+            try:
+                results = evaluate_shared(
+                    feed,
+                    {f"stack:{arm.arm.name}": arm.ranker for arm in stack.inference},
+                    dataset.interactions,
+                    dataset=dataset.name,
+                    config=config,
+                    progress=progress,
+                    before_asking=feed.wait_for_user,
+                    concurrent=True,
+                )
+            finally:
+                feed.close()
+            own_cpu, shared_cpu = stack.cpu_seconds()
+            for arm, result in zip(stack.inference, results, strict=True):
+                result.extra.update(stack.report(arm))
+                result.extra["cpu_s"] = own_cpu[arm.arm.name]
+                result.extra["shared_cpu_s"] = shared_cpu
+            return results
+        finally:
+            stack.stop()
