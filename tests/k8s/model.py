@@ -179,6 +179,27 @@ def _decoded(secret: Obj, key: str) -> str | None:
     return None
 
 
+# The Secrets prod expects the operators to create (k8s/README.md, "Secrets"), each with a value
+# of the shape it must hold: settings built from manifests whose Secrets are not rendered use it.
+EXTERNAL_SECRETS = {
+    "streamrec-redis": "rediss://:password@redis.example:6380/0",
+    "streamrec-trainer-database": "postgresql+psycopg://user:password@db.example:5432/streamrec",
+    # sha256 hex digests, comma-separated: here the digest of "example".
+    "streamrec-gateway-api-keys": (
+        "50d858e0985ecc7f60418aaf0cc5ab587f42c2570a884095a9e8ccacd0f6545c"
+    ),
+}
+
+
+def value_of(source: EnvSource) -> str:
+    """The variable's value, or for a Secret the operators create, an example of its shape."""
+    if source.value is not None:
+        return source.value
+    if source.secret in EXTERNAL_SECRETS:
+        return EXTERNAL_SECRETS[source.secret]
+    return f"from-{source.origin}"
+
+
 def container_env(container: dict[str, Any], objects: list[Obj]) -> list[EnvSource]:
     """Every variable the container gets from the manifests, in Kubernetes' order (envFrom first,
     then env), with its value where the manifests hold it. Secrets that are not rendered (prod:

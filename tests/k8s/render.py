@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -67,6 +70,110 @@ def render(target: str) -> list[Obj]:
     if result.returncode != 0:
         raise RenderError(f"kustomize build k8s/{target}:\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+SKAFFOLD_TAG = "k8s-check"
+
+
+def skaffold_render(profile: str) -> list[Obj]:
+    """``skaffold render -p <profile>`` of skaffold.yaml, offline (no cluster), as objects.
+
+    ``--digest-source=tag --tag=k8s-check``: skaffold puts a tag on every image it builds
+    without building anything (and without asking git for one), so the output shows which
+    images those are. skaffold runs ``kustomize build`` itself: the pinned kustomize comes first
+    on PATH. Its HOME is a temporary directory whose global config turns its usage metrics off:
+    it writes that config, and nothing here may write to the user's home.
+    """
+    skaffold = tools.ensure_skaffold()
+    kustomize = tools.ensure_kustomize()
+    with tempfile.TemporaryDirectory(prefix="skaffold-render-") as tmp:
+        home, output = Path(tmp), Path(tmp) / "rendered.yaml"
+        (home / ".skaffold").mkdir()
+        (home / ".skaffold" / "config").write_text("global:\n  collect-metrics: false\n")
+        result = subprocess.run(
+            [
+                str(skaffold), "render", f"--profile={profile}", "--offline=true",
+                "--digest-source=tag", f"--tag={SKAFFOLD_TAG}", "--update-check=false",
+                f"--output={output}", f"--filename={tools.REPO / 'skaffold.yaml'}",
+            ],
+            text=True,
+            capture_output=True,
+            check=False,
+            cwd=tools.REPO,
+            env={
+                **os.environ,
+                "HOME": str(home),
+                "PATH": f"{kustomize.parent}{os.pathsep}{os.environ['PATH']}",
+            },
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RenderError(f"skaffold render -p {profile}:\n{result.stdout}{result.stderr}")
+        return [doc for doc in yaml.safe_load_all(output.read_text()) if doc]
+
+
+def containers_of(obj: Obj) -> list[dict[str, Any]]:
+    spec = obj.get("spec", {})
+    if obj.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]
+
+
+def image_name(image: str) -> str:
+    """``registry/name:tag@digest`` -> ``registry/name`` (a port in the registry is kept)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+def without_image_references(objects: list[Obj]) -> list[Obj]:
+    """A copy with every container image reduced to its name (no tag, no digest)."""
+    out = copy.deepcopy(objects)
+    for obj in out:
+        for container in containers_of(obj):
+            container["image"] = image_name(container["image"])
+    return out
+
+
+def differences_apart_from_images(expected: list[Obj], actual: list[Obj]) -> list[str]:
+    """What differs between two renderings once image references are reduced to names."""
+
+    def by_label(objects: list[Obj]) -> dict[str, Obj]:
+        return {label(o): o for o in without_image_references(objects)}
+
+    want, got = by_label(expected), by_label(actual)
+    problems = [f"{name}: missing" for name in sorted(set(want) - set(got))]
+    problems += [f"{name}: not expected" for name in sorted(set(got) - set(want))]
+    problems += [
+        f"{name}: differs at {_first_difference(want[name], got[name])}"
+        for name in sorted(set(want) & set(got))
+        if want[name] != got[name]
+    ]
+    return problems
+
+
+def _first_difference(a: Any, b: Any, path: str = "$") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{index}]")
+    return f"{path} ({a!r} != {b!r})"
+
+
+def images_not_tagged(objects: list[Obj], prefix: str, tag: str) -> list[str]:
+    """Containers whose image starts with ``prefix`` but is not ``<name>:<tag>``: images that
+    skaffold did not tag, so does not build."""
+    return [
+        f"{label(obj)}: {container['image']}"
+        for obj in objects
+        for container in containers_of(obj)
+        if container["image"].startswith(prefix)
+        and container["image"] != f"{image_name(container['image'])}:{tag}"
+    ]
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -103,6 +104,17 @@ def test_kafka_is_kraft_with_node_pools(objects: list[Obj]) -> None:
     roles = [r for p in pools for r in p["spec"]["roles"] for _ in range(p["spec"]["replicas"])]
     assert roles.count("controller") % 2 == 1, "a KRaft quorum needs an odd number of voters"
     assert roles.count("broker") >= 1
+
+
+def test_the_cluster_runs_the_kafka_version_the_integration_tests_run(objects: list[Obj]) -> None:
+    """The local broker (infra/kafka/pom.xml, what tests/integration proves aiokafka against)
+    and the cluster's (Strimzi's spec.kafka.version) are the same release."""
+    (kafka,) = [o for o in objects if o["kind"] == "Kafka"]
+    pom = (model.REPO / "infra" / "kafka" / "pom.xml").read_text()
+    (local,) = re.findall(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    assert kafka["spec"]["kafka"]["version"] == local
+    major_minor = ".".join(local.split(".")[:2])
+    assert kafka["spec"]["kafka"]["metadataVersion"].startswith(f"{major_minor}-IV")
 
 
 def test_services_are_pointed_at_the_kafka_cluster_strimzi_creates(objects: list[Obj]) -> None:

@@ -100,7 +100,9 @@ def test_strict_schema_closes_declared_objects_only() -> None:
 
 
 def test_tools_are_pinned() -> None:
+    tools.ensure_all()  # built here when this test runs first
     assert tools.kustomize_version() == tools.KUSTOMIZE_VERSION
+    assert tools.skaffold_version() == tools.SKAFFOLD_VERSION
     assert (tools.STRIMZI_CRD_DIR / ".complete").read_text().split()[1] == tools.STRIMZI_VERSION
 
 

@@ -101,9 +101,8 @@ def test_settings_built_from_the_manifests_are_valid(
             if name.upper().startswith("STREAMREC_"):
                 monkeypatch.delenv(name)
         for source in model.container_env(container, objects):
-            # Secrets the operators create (prod) hold values unknown here: any string will do.
-            value = source.value if source.value is not None else f"from-{source.origin}"
-            monkeypatch.setenv(source.name, value)
+            # Secrets the operators create (prod) hold values unknown here: an example will do.
+            monkeypatch.setenv(source.name, model.value_of(source))
         settings = model.settings_class(service)()
         if workload.obj["kind"] != "Deployment":
             assert "ports" not in container  # a batch run serves nothing
@@ -131,7 +130,7 @@ def test_settings_built_from_the_manifests_are_valid(
 def test_every_configmap_and_secret_a_workload_uses_is_rendered_or_documented(
     objects: list[Obj], overlay_name: str
 ) -> None:
-    external = {"streamrec-redis", "streamrec-trainer-database"}  # k8s/README.md, "Secrets"
+    external = set(model.EXTERNAL_SECRETS)  # k8s/README.md, "Secrets"
     readme = (model.REPO / "k8s" / "README.md").read_text()
     for _, container, _ in model.app_containers(objects):
         for source in model.container_env(container, objects):  # raises on a missing ConfigMap
@@ -206,8 +205,7 @@ def _settings(
         if name.upper().startswith("STREAMREC_"):
             monkeypatch.delenv(name)
     for source in model.container_env(container, objects):
-        value = source.value if source.value is not None else f"from-{source.origin}"
-        monkeypatch.setenv(source.name, value)
+        monkeypatch.setenv(source.name, model.value_of(source))
     return model.settings_class(service)()
 
 

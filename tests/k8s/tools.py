@@ -1,6 +1,8 @@
 """The pinned tools the manifest checks need, fetched from package registries into ``.cache/``.
 
 - kustomize, the standalone binary, built from the Go module proxy (``go install``).
+- skaffold, for ``skaffold render`` of each profile: built from its own module source at the
+  pinned version (``go_build_from_source``), because ``go install`` cannot build it.
 - The Strimzi CRDs for the operator version the manifests target. Strimzi publishes no CRD YAML
   to a registry, but Maven Central has its ``api`` jar (the annotated model classes) and its
   ``crd-generator`` jar, and the release's CRDs are the output of that generator over those
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamrec_dev.go_tools import GoToolError, go_install
+from streamrec_dev.go_tools import GoToolError, ensure_built_from_source, go_install, is_stamped
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
@@ -29,6 +31,19 @@ CACHE = REPO / ".cache"
 # v5.8.3 declares Go 1.27; v5.8.2 builds with the Go 1.26 that the machines have.
 KUSTOMIZE_VERSION = "v5.8.2"
 KUSTOMIZE = CACHE / "bin" / "kustomize"  # where go_install puts it
+
+# The proxy serves this version of skaffold's module but refuses the module's version list (which
+# `go install` asks for) and v2.17.0 and later; the module's go.mod has replace directives, which
+# `go install module@version` rejects as well. So: built from the module's own source.
+SKAFFOLD_MODULE = "github.com/GoogleContainerTools/skaffold/v2"
+SKAFFOLD_VERSION = "v2.16.1"
+SKAFFOLD = CACHE / "bin" / "skaffold"
+# As skaffold's own Makefile stamps its release builds (`skaffold version` reports it).
+SKAFFOLD_LDFLAGS = (
+    f"-X {SKAFFOLD_MODULE}/pkg/skaffold/version.version={SKAFFOLD_VERSION}",
+    "-s",
+    "-w",
+)
 
 # The Strimzi release the manifests are written for (custom resource API kafka.strimzi.io/v1).
 STRIMZI_VERSION = "1.2.0"
@@ -90,6 +105,29 @@ def ensure_kustomize() -> Path:
         raise ToolError(f"{KUSTOMIZE} does not report {KUSTOMIZE_VERSION}")
     _log(f"kustomize built in {time.monotonic() - started:.0f} s")
     return KUSTOMIZE
+
+
+def skaffold_version() -> str | None:
+    if not SKAFFOLD.exists():
+        return None
+    return _run([str(SKAFFOLD), "version"]).stdout.strip() or None
+
+
+def ensure_skaffold() -> Path:
+    """skaffold at the pinned version; the first build takes minutes (see k8s/README.md)."""
+    if is_stamped(SKAFFOLD.name, SKAFFOLD_VERSION, SKAFFOLD.parent):
+        return SKAFFOLD
+    _log(f"building skaffold {SKAFFOLD_VERSION} from its module source (once, minutes)")
+    started = time.monotonic()
+    try:
+        ensure_built_from_source(
+            SKAFFOLD.name, SKAFFOLD_MODULE, SKAFFOLD_VERSION, "./cmd/skaffold", SKAFFOLD.parent,
+            SKAFFOLD_LDFLAGS,
+        )  # fmt: skip
+    except GoToolError as error:
+        raise ToolError(str(error)) from error
+    _log(f"skaffold built in {time.monotonic() - started:.0f} s")
+    return SKAFFOLD
 
 
 def _sha256(path: Path) -> str:
@@ -173,3 +211,4 @@ def ensure_strimzi_crds() -> Path:
 def ensure_all() -> None:
     ensure_kustomize()
     ensure_strimzi_crds()
+    ensure_skaffold()

@@ -1,36 +1,60 @@
 """The gateway app factory: ``uvicorn --factory gateway.main:create_app``.
 
-So far the gateway serves the start of the console: a status page of the platform's services.
-Routing, auth, the canary split and the full console come with the gateway issue.
+What the gateway does so far: ``GET /v1/recommendations`` proxied to the stable or the canary
+inference pool (sticky by user, ``routing.Split``), behind an API key when keys are configured,
+and a console page with the state of the services and pools.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 import httpx
-from fastapi import FastAPI
+import orjson
+from fastapi import Depends, FastAPI, Query, Security
+from fastapi.security import APIKeyHeader
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from streamrec_shared.app import always_ready, service_app
+from streamrec_shared.http import ApiError, json_response
+from streamrec_shared.schemas.events import EntityId
 
 from gateway.config import GatewaySettings
+from gateway.routing import Pool, Split, key_accepted
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+# At module level: the endpoints' annotations are strings (PEP 563), which FastAPI resolves in
+# the module's namespace, not in create_app's.
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="Required when the gateway has API keys (STREAMREC_GATEWAY_API_KEY_HASHES).",
+)
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The app; ``transport`` replaces the network under its client of the upstreams (tests)."""
     settings = settings or GatewaySettings()
-    upstreams = {
-        "ingest": settings.ingest_url,
-        "trainer": settings.trainer_url,
-        "inference": settings.inference_url,
-    }
+    split = Split(settings.inference_url, settings.inference_canary_url, settings.canary_weight)
+    upstreams = [
+        ("ingest", "events", settings.ingest_url),
+        ("trainer", "registry and training runs", settings.trainer_url),
+    ]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=settings.upstream_timeout_s) as client:
+        async with httpx.AsyncClient(
+            timeout=settings.upstream_timeout_s, transport=transport
+        ) as client:
             app.state.http = client
             yield
 
@@ -38,6 +62,37 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         "gateway", "Routing, auth, canary split and the web console.", settings.log,
         always_ready, lifespan,
     )  # fmt: skip
+
+    async def require_api_key(api_key: Annotated[str | None, Security(api_key_header)]) -> None:
+        # A dependency, so that it runs before the query is validated: without a key, a caller
+        # learns nothing about the route beyond the 401.
+        if settings.api_key_hashes and not key_accepted(api_key, settings.api_key_hashes):
+            raise ApiError(
+                401, "unauthorized", f"missing or unknown API key (header {API_KEY_HEADER})"
+            )
+
+    @app.get(
+        "/v1/recommendations",
+        tags=["recommendations"],
+        summary="Top-K for a user, from the stable or the canary inference pool",
+        dependencies=[Depends(require_api_key)],
+        responses={
+            200: {"description": "Inference's answer, plus `variant`: the pool that served it."},
+            401: {"description": "API keys are configured and the request has none of them."},
+            422: {"description": "Invalid query parameters (inference's own validation)."},
+            502: {"description": "The pool is unreachable or failed."},
+            504: {"description": "The pool did not answer in time."},
+        },
+    )
+    async def recommendations(
+        request: Request,
+        user_id: Annotated[EntityId, Query(description="Also picks the pool (sticky).")],
+    ) -> Response:
+        """Inference's ``GET /v1/recommendations``: every query parameter is passed on as is
+        (`k`, `exclude_seen`, `exclude`, `tag`, `trending`) and validated there."""
+        pool = split.pool_for(user_id)
+        client: httpx.AsyncClient = request.app.state.http
+        return await _proxy(client, pool, "/v1/recommendations", request, settings)
 
     async def readiness_of(client: httpx.AsyncClient, url: str) -> str:
         try:
@@ -49,24 +104,98 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, tags=["console"], summary="Console: platform status")
     async def console(request: Request) -> HTMLResponse:
         client: httpx.AsyncClient = request.app.state.http
-        states = await asyncio.gather(*(readiness_of(client, url) for url in upstreams.values()))
-        rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td><a href='{html.escape(url)}/docs'>"
-            f"{html.escape(url)}</a></td>"
+        rows = list(upstreams)
+        weight = split.canary_weight
+        rows.append(("inference", f"stable pool, {1 - weight:.1%} of users", split.stable.url))
+        if split.canary is not None:
+            rows.append(("inference", f"canary pool, {weight:.1%} of users", split.canary.url))
+        states = await asyncio.gather(*(readiness_of(client, url) for _, _, url in rows))
+        cells = [
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(role)}</td>"
+            f"<td><a href='{html.escape(url)}/docs'>{html.escape(url)}</a></td>"
             f"<td class='{state.split()[0]}'>{html.escape(state)}</td></tr>"
-            for (name, url), state in zip(upstreams.items(), states, strict=True)
-        )
-        return HTMLResponse(_PAGE.format(rows=rows))
+            for (name, role, url), state in zip(rows, states, strict=True)
+        ]
+        if split.canary is None:
+            cells.append(
+                "<tr><td>inference</td><td>canary pool</td><td>none</td>"
+                "<td class='off'>off (no STREAMREC_GATEWAY_INFERENCE_CANARY_URL)</td></tr>"
+            )
+        if settings.api_key_hashes:
+            accepted = len(settings.api_key_hashes)
+            auth = f"API key required (header {API_KEY_HEADER}; {accepted} accepted)."
+        else:
+            auth = (
+                "<strong>No API key required</strong>: STREAMREC_GATEWAY_API_KEY_HASHES is empty "
+                "(local development only)."
+            )
+        return HTMLResponse(_PAGE.format(rows="".join(cells), auth=auth))
 
     return app
+
+
+async def _proxy(
+    client: httpx.AsyncClient, pool: Pool, path: str, request: Request, settings: GatewaySettings
+) -> Response:
+    """GET ``path`` on the pool with the request's query; its JSON object plus ``variant``.
+
+    The pool's own 4xx answers (an invalid query) are the caller's to fix and pass through; its
+    failures, an answer that is not a JSON object, and no answer at all are the gateway's 502 and
+    504, in the platform's error shape, naming the pool.
+    """
+    extra: dict[str, object] = {"variant": pool.variant}
+    try:
+        upstream = await client.get(
+            f"{pool.url}{path}", params=list(request.query_params.multi_items())
+        )
+    except httpx.TimeoutException as error:
+        log.warning("%s inference pool timed out: %r", pool.variant, error)
+        raise ApiError(
+            504,
+            "upstream_timeout",
+            f"the {pool.variant} inference pool did not answer within "
+            f"{settings.upstream_timeout_s} s",
+            extra=extra,
+        ) from error
+    except httpx.HTTPError as error:
+        log.warning("%s inference pool unreachable: %r", pool.variant, error)
+        raise ApiError(
+            502,
+            "upstream_unavailable",
+            f"the {pool.variant} inference pool is unreachable ({type(error).__name__})",
+            extra=extra,
+        ) from error
+    if upstream.status_code >= 500:
+        log.warning("%s inference pool answered %d", pool.variant, upstream.status_code)
+        raise ApiError(
+            502,
+            "upstream_error",
+            f"the {pool.variant} inference pool failed ({upstream.status_code})",
+            extra=extra,
+        )
+    try:
+        body = orjson.loads(upstream.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(
+            502,
+            "upstream_error",
+            f"the {pool.variant} inference pool answered {upstream.status_code} without a "
+            "JSON object",
+            extra=extra,
+        )
+    body["variant"] = pool.variant
+    return json_response(body, upstream.status_code)
 
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>streamrec console</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem}}
 td,th{{padding:.3rem 1rem;text-align:left}}
-.ready{{color:#080}}.unreachable,.not{{color:#b00}}</style></head>
+.ready{{color:#080}}.unreachable,.not{{color:#b00}}.off{{color:#777}}</style></head>
 <body><h1>streamrec</h1><p>Services of this deployment:</p>
-<table><tr><th>service</th><th>address (API docs)</th><th>state</th></tr>{rows}</table>
+<table><tr><th>service</th><th>role</th><th>address (API docs)</th><th>state</th></tr>{rows}</table>
+<p>{auth}</p>
 </body></html>
 """
