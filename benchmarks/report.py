@@ -109,13 +109,16 @@ def freshness(data: dict[str, Any]) -> list[str]:
 
 def trainer(data: dict[str, Any]) -> list[str]:
     lines = [
-        "| trainer spec | from Kafka ev/s | in-memory tensors ev/s (baseline) | ratio |",
+        "| trainer spec (median of rounds) | from Kafka ev/s | in-memory tensors ev/s (baseline)"
+        " | ratio (median of per-round ratios) |",
         "|---|---:|---:|---:|",
     ]
     for name, spec in data["specs"].items():
-        kafka = spec["from_kafka"]["events_per_s"]
-        tensors = spec["tensors"]["events_per_s"]
-        lines.append(f"| {name} | {kafka:,.0f} | {tensors:,.0f} | {_ratio(kafka, tensors)} |")
+        median = spec["median"]
+        lines.append(
+            f"| {name} ({len(spec['rounds'])} rounds) | {median['kafka_events_per_s']:,.0f}"
+            f" | {median['tensors_events_per_s']:,.0f} | {median['kafka_vs_tensors']:.2f}× |"
+        )
     return lines
 
 

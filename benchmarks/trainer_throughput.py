@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
+from streamrec_dev.evaluation.data import display_path  # noqa: E402
 from streamrec_dev.servers import KafkaServer, free_port  # noqa: E402
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
 from streamrec_shared.kafka import ResilientProducer, build_producer, ensure_topics  # noqa: E402
@@ -202,40 +203,63 @@ SPECS = {
 
 def measure_spec(
     name: str, hp: ItemPoolingHyperparameters, kafka: KafkaSettings, home: Path,
-    payloads: list[tuple[bytes, bytes]],
+    payloads: list[tuple[bytes, bytes]], rounds: int,
 ) -> dict[str, Any]:  # fmt: skip
+    """``rounds`` rounds of the three measurements, back to back: each is a few seconds, so one
+    round is at the mercy of whatever else the machine does; a ratio is taken within a round
+    (same moment, same conditions) and the median over rounds is the figure."""
     values = [v for _, v in payloads]
     topics = TopicSettings(events=f"bench-events-{name}")
     asyncio.run(ensure_topics(kafka, topics))
     asyncio.run(produce_all(kafka, topics.events, payloads))
     print(f"[{name}] produced {len(payloads):,} events to {topics.events}")
-    tensors = from_tensors(hp, values)
-    print(f"[{name}] tensors:            {tensors['events_per_s']:>10,.0f} events/s")
-    memory = learner_in_memory(hp, values)
-    print(f"[{name}] learner, in memory: {memory['events_per_s']:>10,.0f} events/s")
-    (home / name).mkdir()
-    kafka_run = asyncio.run(from_kafka(kafka, topics, home / name, len(payloads), hp))
-    print(f"[{name}] from Kafka:         {kafka_run['events_per_s']:>10,.0f} events/s trained")
-    ratios = {
-        "kafka_vs_tensors": kafka_run["events_per_s"] / tensors["events_per_s"],
-        "kafka_vs_learner_in_memory": kafka_run["events_per_s"] / memory["events_per_s"],
-        "learner_in_memory_vs_tensors": memory["events_per_s"] / tensors["events_per_s"],
+    measured: list[dict[str, Any]] = []
+    for round_index in range(rounds):
+        tensors = from_tensors(hp, values)
+        memory = learner_in_memory(hp, values)
+        folder = home / f"{name}-{round_index}"
+        folder.mkdir()
+        kafka_run = asyncio.run(from_kafka(kafka, topics, folder, len(payloads), hp))
+        ratios = {
+            "kafka_vs_tensors": kafka_run["events_per_s"] / tensors["events_per_s"],
+            "kafka_vs_learner_in_memory": kafka_run["events_per_s"] / memory["events_per_s"],
+            "learner_in_memory_vs_tensors": memory["events_per_s"] / tensors["events_per_s"],
+        }
+        print(
+            f"[{name}] round {round_index + 1}: tensors {tensors['events_per_s']:,.0f},"
+            f" learner in memory {memory['events_per_s']:,.0f},"
+            f" from Kafka {kafka_run['events_per_s']:,.0f} events/s trained"
+            f" (ratio to tensors {ratios['kafka_vs_tensors']:.2f})"
+        )
+        measured.append(
+            {"tensors": tensors, "learner_in_memory": memory, "from_kafka": kafka_run,
+             "ratios": ratios}
+        )  # fmt: skip
+
+    def median(part: str, key: str) -> float:
+        return float(np.median([one[part][key] for one in measured]))
+
+    summary = {
+        "tensors_events_per_s": median("tensors", "events_per_s"),
+        "learner_in_memory_events_per_s": median("learner_in_memory", "events_per_s"),
+        "kafka_events_per_s": median("from_kafka", "events_per_s"),
+        **{label: median("ratios", label) for label in measured[0]["ratios"]},
     }
-    for label, value in ratios.items():
-        print(f"[{name}] {label}: {value:.2f}")
-    return {
-        "hyperparameters": hp.model_dump(),
-        "tensors": tensors,
-        "learner_in_memory": memory,
-        "from_kafka": kafka_run,
-        "ratios": ratios,
-    }
+    print(
+        f"[{name}] median of {rounds}: tensors {summary['tensors_events_per_s']:,.0f},"
+        f" learner in memory {summary['learner_in_memory_events_per_s']:,.0f},"
+        f" from Kafka {summary['kafka_events_per_s']:,.0f} events/s;"
+        f" kafka_vs_tensors {summary['kafka_vs_tensors']:.2f},"
+        f" kafka_vs_learner_in_memory {summary['kafka_vs_learner_in_memory']:.2f}"
+    )
+    return {"hyperparameters": hp.model_dump(), "median": summary, "rounds": measured}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--specs", nargs="+", choices=sorted(SPECS), default=list(SPECS))
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per spec (median kept)")
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "trainer_throughput.json"
     )
@@ -258,7 +282,7 @@ def main() -> None:
         try:
             kafka = KafkaSettings(bootstrap_servers=kafka_server.bootstrap)
             specs = {
-                name: measure_spec(name, SPECS[name], kafka, home, payloads)
+                name: measure_spec(name, SPECS[name], kafka, home, payloads, options.rounds)
                 for name in options.specs
             }
         finally:
@@ -272,7 +296,7 @@ def main() -> None:
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {options.out.relative_to(REPO)}")
+    print(f"written {display_path(options.out)}")
 
 
 if __name__ == "__main__":
