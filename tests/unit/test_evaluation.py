@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,14 @@ from streamrec_dev.evaluation.protocol import (
     evaluate,
     evaluate_shared,
 )
-from streamrec_dev.evaluation.replay import HistoryPosted, HttpFeed, HttpRanker, HttpRecommender
+from streamrec_dev.evaluation.replay import (
+    Connector,
+    HistoryPosted,
+    HttpFeed,
+    HttpRanker,
+    HttpRecommender,
+    KeepAliveClient,
+)
 from streamrec_dev.evaluation.report import write_report
 from streamrec_dev.synthetic import DriftingClickstream
 
@@ -445,8 +452,52 @@ def test_online_learners_beat_frozen_popularity_on_the_drifting_stream() -> None
 # --- replay over HTTP (a fake stack) -------------------------------------------------------
 
 
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeConnection:
+    """An ``http.client.HTTPConnection`` whose requests a handler answers (as httpx objects, so
+    that the fake services read like ``httpx.MockTransport`` handlers)."""
+
+    def __init__(self, handler: Handler, host: str, port: int) -> None:
+        self.handler = handler
+        self.origin = f"http://{host}" if port == 80 else f"http://{host}:{port}"
+        self.response: httpx.Response | None = None
+
+    def request(
+        self, method: str, url: str, body: bytes | None = None, headers: Any = None
+    ) -> None:
+        request = httpx.Request(method, self.origin + url, content=body, headers=headers)
+        self.response = self.handler(request)
+
+    def getresponse(self) -> FakeConnection:
+        return self
+
+    @property
+    def status(self) -> int:
+        assert self.response is not None
+        return self.response.status_code
+
+    will_close = False
+
+    def read(self) -> bytes:
+        assert self.response is not None
+        return self.response.content
+
+    def getheader(self, name: str) -> str | None:
+        assert self.response is not None
+        return self.response.headers.get(name)
+
+    def close(self) -> None:
+        pass
+
+
+def mock_connector(handler: Handler) -> Connector:
+    return lambda host, port, _timeout: FakeConnection(handler, host, port)
+
+
 class FakeStack:
-    """Ingest + inference over ``httpx.MockTransport``, backed by the online popularity peer."""
+    """Ingest + inference answering a fake connection, backed by the online popularity peer."""
 
     def __init__(self, fail_first: int = 0) -> None:
         self.model = PopularityOnline()
@@ -498,7 +549,7 @@ def test_replay_adapter_scores_the_stack_like_the_same_model_in_process() -> Non
         "http://ingest",
         "http://inference",
         ready=ready.append,
-        transport=httpx.MockTransport(stack.handler),
+        connect=mock_connector(stack.handler),
         run_id="run1",
         max_retry_wait_s=0.0,
     )
@@ -556,7 +607,7 @@ def replay_lagging(watched: bool) -> tuple[LaggingUpdater, HttpRecommender]:
     remote = HttpRecommender(
         "http://ingest",
         "http://inference",
-        transport=httpx.MockTransport(stack.handler),
+        connect=mock_connector(stack.handler),
         features_metrics_url="http://features/metrics" if watched else None,
     )
     stack.applied = -1  # the first read (the baseline) shows only the 7 events before
@@ -583,7 +634,7 @@ def test_replay_adapter_prefixes_ids_and_posts_ratings() -> None:
     remote = HttpRecommender(
         "http://ingest",
         "http://inference",
-        transport=httpx.MockTransport(stack.handler),
+        connect=mock_connector(stack.handler),
         id_prefix="ml:",
         run_id="r",
     )
@@ -605,14 +656,14 @@ def test_replay_adapter_prefixes_ids_and_posts_ratings() -> None:
 def test_one_http_feed_posts_each_event_once_for_several_rankers() -> None:
     data = synthetic(DriftingClickstream(users=30, events=2500, initial_items=80)).interactions
     stack = FakeStack()
-    transport = httpx.MockTransport(stack.handler)
-    feed = HttpFeed("http://ingest", transport=transport, run_id="run1")
-    rankers = {name: HttpRanker(f"http://{name}", transport=transport) for name in ("a", "b")}
+    connect = mock_connector(stack.handler)
+    feed = HttpFeed("http://ingest", connect=connect, run_id="run1")
+    rankers = {name: HttpRanker(f"http://{name}", connect=connect) for name in ("a", "b")}
     shared = evaluate_shared(feed, rankers, data, concurrent=True)
     assert len(stack.bodies) == 2500  # one POST per interaction, not one per arm
     assert sorted(stack.asked) == sorted(["a", "b"] * shared[0].scored)
     twin = FakeStack()  # the same service, replayed by one HttpRecommender
-    one = HttpRecommender("http://i", "http://j", transport=httpx.MockTransport(twin.handler))
+    one = HttpRecommender("http://i", "http://j", connect=mock_connector(twin.handler))
     alone = evaluate("stack", one, data)
     for result in shared:
         assert result.metrics == alone.metrics
@@ -624,11 +675,11 @@ def test_one_http_feed_posts_each_event_once_for_several_rankers() -> None:
 def test_a_shared_feed_waits_once_per_question_whatever_the_rankers() -> None:
     alone, _ = replay_lagging(watched=True)
     stack = LaggingUpdater()
-    transport = httpx.MockTransport(stack.handler)
+    connect = mock_connector(stack.handler)
     feed = HttpFeed(
-        "http://ingest", transport=transport, features_metrics_url="http://features/metrics"
+        "http://ingest", connect=connect, features_metrics_url="http://features/metrics"
     )
-    rankers = {name: HttpRanker(f"http://{name}", transport=transport) for name in "abc"}
+    rankers = {name: HttpRanker(f"http://{name}", connect=connect) for name in "abc"}
     stack.applied = -1  # as in ``replay_lagging``: the baseline shows the 7 events before
     evaluate_shared(feed, rankers, LAGGING, before_asking=feed.wait_for_user, concurrent=True)
     assert stack.lag_violations == 0
@@ -640,7 +691,7 @@ def test_ranker_counts_its_retries_and_the_touched_items_it_returned() -> None:
     stack = FakeStack(fail_first=1)
     stack.model.fit_history(rows(("u", "a", 1), ("v", "b", 2), ("v", "a", 3)))
     ranker = HttpRanker(
-        "http://inference", transport=httpx.MockTransport(stack.handler), max_retry_wait_s=0.0
+        "http://inference", connect=mock_connector(stack.handler), max_retry_wait_s=0.0
     )
     # The service has not seen x touch a; the protocol has: a is counted, and still returned
     # (the protocol drops it).
@@ -676,3 +727,48 @@ def test_report_writes_table_json_and_plots(tmp_path: Path) -> None:
     run = orjson.loads((folder / "results.json").read_bytes())
     assert [r["arm"] for r in run["results"]] == ["popularity-history", "cooccurrence-last10"]
     assert (folder / "final.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_keep_alive_client_reuses_its_connection_and_reopens_a_closed_one() -> None:
+    """Against a real HTTP/1.1 server on loopback (the standard library's)."""
+    import http.server
+    import threading
+
+    connections: list[object] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.connection)
+
+        def do_GET(self) -> None:  # the standard library names it so
+            body = orjson.dumps({"path": self.path})
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            if self.path.endswith("/close"):
+                self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = KeepAliveClient(f"http://127.0.0.1:{server.server_address[1]}/base", 5.0)
+        assert client.request("GET", "/a", {"x": 1, "name[]": "m"}).json() == {
+            "path": "/base/a?x=1&name%5B%5D=m"
+        }
+        assert client.request("GET", "/b").status == 200
+        assert len(connections) == 1  # kept alive
+        assert client.request("GET", "/close").status == 200
+        assert client.request("GET", "/c").json() == {"path": "/base/c"}
+        assert len(connections) == 2  # the server closed the first: a new one
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

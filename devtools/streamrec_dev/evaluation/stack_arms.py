@@ -69,6 +69,7 @@ from streamrec_dev.evaluation.replay import (
     HistoryPosted,
     HttpFeed,
     HttpRanker,
+    KeepAliveClient,
     ReplayError,
     read_features_applied,
 )
@@ -534,11 +535,14 @@ class SharedStack:
     @staticmethod
     def _wait_features_applied(updater: ModuleServer, events: int, deadline: float) -> None:
         """Until the feature updater has applied every history event (its applied counter)."""
-        with httpx.Client(timeout=10) as client:
+        metrics = KeepAliveClient(f"{updater.url}/metrics", timeout_s=10)
+        try:
             while time.monotonic() < deadline:
-                if read_features_applied(client, f"{updater.url}/metrics") >= events:
+                if read_features_applied(metrics) >= events:
                     return
                 time.sleep(0.2)
+        finally:
+            metrics.close()
         raise ReplayError(f"{updater.name} did not apply the history in time")
 
     # --- after each evaluated event ---------------------------------------------------------
