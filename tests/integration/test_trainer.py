@@ -13,11 +13,12 @@ import orjson
 import pytest
 from streamrec_dev.servers import PostgresServer
 from streamrec_shared.artifacts import DirectoryArtifactStore
-from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
+from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights, read_manifest
 from streamrec_shared.schemas.control import decode_control
 from streamrec_shared.settings import KafkaSettings, TopicSettings
 from trainer.config import TrainerSettings
 from trainer.main import create_app
+from trainer.model.item_pooling import load_training_state
 
 from tests.support.apps import serve
 from tests.support.kafka import read_topic
@@ -182,6 +183,58 @@ async def test_follow_run_publishes_again_and_new_items_become_recommendable(
         trainer, f"/v1/runs/{run_id}", lambda b: b["run"]["status"] == "stopped"
     )
     assert stopped["run"]["trained_through"]
+
+
+async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await produce(trainer_settings.kafka, trainer_settings.topics.events, chain_events(10, 10, 12))
+    await create_spec(trainer)
+    response = await trainer.post("/v1/specs/chain/runs", json={"mode": "batch"})
+    assert response.status_code == 202, response.text
+    batch = await wait_for(
+        trainer,
+        f"/v1/runs/{response.json()['run_id']}",
+        lambda b: b["run"]["status"] not in ("requested", "running"),
+    )
+    assert batch["run"]["status"] == "succeeded", batch
+    assert batch["recent_steps"][0]["metrics"]["warm_start"] == "cold"
+
+    # v1 names its training state; the state opens with that digest and matches the weights.
+    version = (await trainer.get("/v1/specs/chain/versions/latest")).json()
+    store = DirectoryArtifactStore(trainer_settings.artifacts_dir)
+    served = store.open(version["artifact_uri"], version["digest"])
+    # Serving downloads exactly these files: the state is not among them.
+    assert sorted(p.name for p in served.iterdir()) == [
+        "items.json",
+        "manifest.json",
+        "weights.npz",
+    ]
+    reference = read_manifest(served)["training_state"]
+    state = load_training_state(store.open(reference["uri"], reference["digest"]))
+    weights = load_weights(served)
+    assert state["item_in"].shape == weights.item_in.shape
+    assert state["acc_in"].shape == weights.item_in.shape
+
+    async def follow_run_warm_start() -> str:
+        response = await trainer.post(
+            "/v1/specs/chain/runs",
+            json={"mode": "incremental", "publish": {"every_s": 3600, "every_events": 10**6}},
+        )
+        assert response.status_code == 202, response.text
+        path = f"/v1/runs/{response.json()['run_id']}"
+        run = await wait_for(trainer, path, lambda b: (b["live"] or {}).get("warm_start"))
+        assert (await trainer.post(f"{path}/stop")).status_code == 202
+        await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
+        return run["live"]["warm_start"]  # type: ignore[no-any-return]
+
+    assert await follow_run_warm_start() == "weights+optimizer"
+
+    # A version whose training state is gone still warm-starts, from its weights, and says why.
+    store.delete(reference["uri"])
+    with caplog.at_level("WARNING", logger="trainer.runs"):
+        assert await follow_run_warm_start() == "weights only"
+    assert "fresh optimizer slots" in caplog.text
 
 
 async def test_spec_errors_are_clear(trainer: httpx.AsyncClient) -> None:

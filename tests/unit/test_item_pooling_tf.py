@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,11 @@ from streamrec_shared.models.item_pooling import ItemPoolingScorer
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.model.item_pooling import (
     ADAGRAD_INITIAL_ACCUMULATOR,
+    TRAINING_STATE,
     Batch,
     ItemPoolingModel,
+    load_training_state,
+    save_training_state,
 )
 
 DIM = 8
@@ -239,6 +243,34 @@ def test_warm_start_reproduces_the_published_scores() -> None:
     )
     # Fresh optimizer slots: the warm-started model did not inherit the accumulators.
     np.testing.assert_array_equal(fresh.acc_in.numpy(), np.float32(ADAGRAD_INITIAL_ACCUMULATOR))
+
+
+def test_training_state_file_round_trip(tmp_path: Path) -> None:
+    trained = model()
+    trained.train(random_batch(np.random.default_rng(9), 16), ITEMS)
+    state = trained.state(ITEMS)
+    save_training_state(tmp_path, state)
+    assert [p.name for p in tmp_path.iterdir()] == [TRAINING_STATE]
+    loaded = load_training_state(tmp_path)  # allow_pickle=False: plain arrays only
+    assert loaded.keys() == state.keys()
+    for name, array in state.items():
+        assert loaded[name].dtype == np.float32, name
+        np.testing.assert_array_equal(loaded[name], array, err_msg=name)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["separate", "tied"])
+def test_warm_start_with_the_training_state_continues_exactly(tied: bool) -> None:
+    rng = np.random.default_rng(10)
+    published = model(tie_embeddings=tied)
+    for _ in range(5):
+        published.train(random_batch(rng, 16), ITEMS)
+    continued = model(tie_embeddings=tied, seed=3)
+    continued.warm_start(published.export(IDS), published.state(ITEMS))
+    np.testing.assert_array_equal(continued.acc_in.numpy()[:ITEMS], published.acc_in[:ITEMS])
+    batch = random_batch(rng, 16)
+    assert continued.train(batch, ITEMS) == published.train(batch, ITEMS)
+    for name, array in continued.state(ITEMS).items():
+        np.testing.assert_allclose(array, published.state(ITEMS)[name], rtol=1e-6, err_msg=name)
 
 
 def test_warm_start_grows_capacity_for_a_large_vocabulary() -> None:

@@ -16,7 +16,7 @@ from streamrec_shared.ranking import rank_metrics, target_ranks
 from streamrec_shared.schemas.events import Interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.learner import Learner, Reservoir
-from trainer.model.item_pooling import Batch
+from trainer.model.item_pooling import Batch, load_training_state, save_training_state
 
 LENGTH = 3
 PAD = -1
@@ -492,3 +492,36 @@ def test_save_load_continues_training_exactly_with_replay(tmp_path: Path) -> Non
     loaded, _ = saved_and_loaded(original, tmp_path)
     assert loaded.train_pending(flush=True) == original.train_pending(flush=True) > 0
     assert loaded.last_loss == original.last_loss
+
+
+# --- warm start ----------------------------------------------------------------------------
+
+
+def test_warm_start_with_the_training_state_takes_the_publishers_next_step(
+    tmp_path: Path,
+) -> None:
+    """A version's weights + training state continue exactly where its learner was; its
+    weights alone start with fresh optimizer slots, so the same step lands elsewhere."""
+    published = busy_learner()
+    published.train_pending(flush=True)
+    weights = published.candidate()
+    save_training_state(tmp_path, published.model.state(len(weights.item_ids)))
+
+    continued = Learner(hyperparameters(seed=7))  # another init: all must come from the version
+    continued.warm_start(weights, load_training_state(tmp_path))
+    restarted = Learner(hyperparameters(seed=7))
+    restarted.warm_start(weights)
+    assert continued.item_ids == restarted.item_ids == published.item_ids
+
+    items = len(weights.item_ids)
+    rng = np.random.default_rng(12)
+    history = rng.integers(-1, items, size=(16, LENGTH)).astype(np.int32)
+    batch = Batch(history, rng.integers(0, items, 16).astype(np.int32), np.ones(16, np.float32))
+    losses = [learner.model.train(batch, items) for learner in (published, continued, restarted)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    expected = published.model.state(items)
+    for name, array in continued.model.state(items).items():
+        np.testing.assert_allclose(array, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    fresh = restarted.model.state(items)
+    assert not np.allclose(fresh["acc_in"], expected["acc_in"])
+    assert not np.allclose(fresh["item_in"], expected["item_in"])

@@ -622,11 +622,16 @@ class Learner:
         learner.events_trained = int(meta["events_trained"])
         return learner, meta
 
-    def warm_start(self, weights: ItemPoolingWeights) -> None:
-        """Begin from a published version's weights and vocabulary (no user state)."""
+    def warm_start(
+        self,
+        weights: ItemPoolingWeights,
+        state: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    ) -> None:
+        """Begin from a published version's vocabulary and weights, with its training state
+        when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state."""
+        self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
-        self.model.warm_start(weights)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

@@ -23,13 +23,13 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from streamrec_shared.artifacts import DirectoryArtifactStore, StoredArtifact
+from streamrec_shared.artifacts import ArtifactError, DirectoryArtifactStore, StoredArtifact
 from streamrec_shared.kafka import (
     KafkaUnavailableError,
     ResilientProducer,
@@ -37,7 +37,12 @@ from streamrec_shared.kafka import (
     topic_partitions,
 )
 from streamrec_shared.kafka import dead_letter as park
-from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights
+from streamrec_shared.models.item_pooling import (
+    ItemPoolingScorer,
+    ItemPoolingWeights,
+    load_weights,
+    read_manifest,
+)
 from streamrec_shared.ranking import per_event_metrics, rank_metrics
 from streamrec_shared.schemas.control import (
     BoundedStream,
@@ -56,11 +61,15 @@ from trainer.config import TrainerSettings
 from trainer.gate import judge
 from trainer.learner import Learner, decode_records
 from trainer.metrics import TrainerMetrics
-from trainer.registry import Registry, RunRecord, RunStatus
+from trainer.model.item_pooling import Floats, load_training_state, save_training_state
+from trainer.registry import Registry, RunRecord, RunStatus, VersionRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Record = tuple[int, int, bytes | None, bytes | None]  # partition, offset, key, value
+# How a run began: from the latest version's weights and optimizer state, from its weights
+# with fresh optimizer slots (a version without a usable training state), or from scratch.
+WarmStart = Literal["weights+optimizer", "weights only", "cold"]
 
 
 def register_run(registry: Registry, request: TrainRequested) -> RunRecord:
@@ -141,6 +150,7 @@ class Progress:
     events_per_s: float = 0.0
     last_cycle: dict[str, Any] | None = None
     resumed_from_checkpoint: bool = False
+    warm_start: WarmStart | None = None
 
 
 class TrainingRun:
@@ -259,18 +269,55 @@ class TrainingRun:
         latest = services.registry.latest_version(self.spec_id)
         checkpoint = services.checkpoints.latest(self.spec_id, self.run_id) if resume else None
         if checkpoint is not None:
-            self._learner, _ = Learner.load(checkpoint, self.hp, max_seen)
+            self._learner, meta = Learner.load(checkpoint, self.hp, max_seen)
             self.progress.resumed_from_checkpoint = True
+            # How the run began (checkpoints from before this was recorded do not say).
+            self.progress.warm_start = meta.get("warm_start")
         else:
             self._learner = Learner(self.hp, max_seen)
+            self.progress.warm_start = "cold"
             if self.request.warm_start and latest is not None:
-                weights = load_weights(services.store.open(latest.artifact_uri, latest.digest))
-                try:
-                    self._learner.warm_start(weights)
-                except ValueError as error:
-                    log.warning("run %s starts cold: %s", self.run_id, error)
-                    self._learner = Learner(self.hp, max_seen)
+                self._warm_start(latest)
         self._refresh_baseline()
+
+    def _warm_start(self, latest: VersionRecord) -> None:
+        """Continue from ``latest``: its weights, and its optimizer state where it has one."""
+        folder = self.services.store.open(latest.artifact_uri, latest.digest)
+        weights = load_weights(folder)
+        state = self._training_state(latest.version, read_manifest(folder), weights)
+        try:
+            self._require_learner().warm_start(weights, state)
+        except ValueError as error:
+            log.warning("run %s starts cold: %s", self.run_id, error)
+            self._learner = Learner(self.hp, self.services.settings.max_seen_items)
+            return
+        self.progress.warm_start = "weights only" if state is None else "weights+optimizer"
+
+    def _training_state(
+        self, version: int, manifest: dict[str, Any], weights: ItemPoolingWeights
+    ) -> dict[str, Floats] | None:
+        """The training state a version's manifest names, verified by its digest; ``None``
+        (logged with the reason) where there is none to use."""
+        reference = manifest.get("training_state")
+        if reference is None:
+            reason = "it names no training state (published before versions kept one)"
+        else:
+            try:
+                folder = self.services.store.open(reference["uri"], reference["digest"])
+                state = load_training_state(folder)
+            except (ArtifactError, OSError) as error:
+                reason = f"its training state cannot be used: {error}"
+            else:
+                if state["item_in"].shape == weights.item_in.shape:
+                    return state
+                reason = "its training state does not match its weights"
+        log.warning(
+            "run %s warm-starts from v%d with fresh optimizer slots: %s",
+            self.run_id,
+            version,
+            reason,
+        )
+        return None
 
     def _refresh_baseline(self) -> None:
         """The version a candidate must not be worse than: the newest published one."""
@@ -364,17 +411,11 @@ class TrainingRun:
                 "metrics": metrics,
                 "created_at": datetime.now(UTC).isoformat(),
             }
-            artifact = self.services.store.write(
-                f"models/{self.spec_id}", lambda folder: weights.save(folder, manifest)
-            )
+            artifact = self._store_version(weights, manifest)
         if self.request.mode is TrainingMode.INCREMENTAL:
             if decision != "deferred":
                 learner.release_heldout()
-            self.services.checkpoints.save(
-                self.spec_id,
-                self.run_id,
-                lambda folder: learner.save(folder, {"run_id": self.run_id}),
-            )
+            self._save_checkpoint()
         self._update_progress()
         return CycleResult(
             decision=decision,
@@ -388,6 +429,28 @@ class TrainingRun:
             scorer=scorer,
             seconds=time.perf_counter() - began,
             gate=verdict.record(),
+        )
+
+    def _store_version(
+        self, weights: ItemPoolingWeights, manifest: dict[str, Any]
+    ) -> StoredArtifact:
+        """Store a version: its training state (so that a warm start continues with the
+        optimizer state) first, then the serving artifact whose manifest names it by URI and
+        digest. The state is an artifact of its own: serving never downloads it, and the
+        serving digest still covers the reference to it."""
+        store = self.services.store
+        state = self._require_learner().model.state(len(weights.item_ids))
+        training = store.write(
+            f"training/{self.spec_id}", lambda folder: save_training_state(folder, state)
+        )
+        manifest = {**manifest, "training_state": {"uri": training.uri, "digest": training.digest}}
+        return store.write(f"models/{self.spec_id}", lambda folder: weights.save(folder, manifest))
+
+    def _save_checkpoint(self) -> None:
+        learner = self._require_learner()
+        extra = {"run_id": self.run_id, "warm_start": self.progress.warm_start}
+        self.services.checkpoints.save(
+            self.spec_id, self.run_id, lambda folder: learner.save(folder, extra)
         )
 
     def _require_learner(self) -> Learner:
@@ -420,6 +483,7 @@ class TrainingRun:
                 "heldout": result.metrics,
                 "gate": result.gate,
                 "cycle_s": result.seconds,
+                "warm_start": self.progress.warm_start,
             },
         )
         if result.decision == "published" and result.artifact is not None:
@@ -615,9 +679,7 @@ class TrainingRun:
     def _checkpoint_only(self) -> dict[int, int]:
         learner = self._require_learner()
         learner.train_pending(flush=True)
-        self.services.checkpoints.save(
-            self.spec_id, self.run_id, lambda folder: learner.save(folder, {"run_id": self.run_id})
-        )
+        self._save_checkpoint()
         return dict(learner.position)
 
     async def _commit(

@@ -15,7 +15,9 @@ bytes for each of ``item_in``, ``item_out`` and their two Adagrad accumulators, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,22 @@ from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 
 ADAGRAD_INITIAL_ACCUMULATOR = 0.1
 INIT_STDDEV = 0.05
+# A published version's training state (``ItemPoolingModel.state``), stored next to it.
+TRAINING_STATE = "state.npz"
 
 Ints = npt.NDArray[np.int32]
+Floats = npt.NDArray[np.float32]
+
+
+def save_training_state(folder: Path, state: Mapping[str, Floats]) -> None:
+    """Write ``state`` as plain NumPy arrays (no pickle: loading runs no code)."""
+    with (folder / TRAINING_STATE).open("wb") as handle:
+        np.savez(handle, **state)  # type: ignore[arg-type]
+
+
+def load_training_state(folder: Path) -> dict[str, Floats]:
+    with np.load(folder / TRAINING_STATE, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 @dataclass(frozen=True)
@@ -353,8 +369,9 @@ class ItemPoolingModel:
             projection_bias=self.projection_bias.numpy(),
         )
 
-    def state(self, items: int) -> dict[str, npt.NDArray[np.float32]]:
-        """Everything a checkpoint needs to continue exactly: tables and optimizer slots."""
+    def state(self, items: int) -> dict[str, Floats]:
+        """Everything needed to continue exactly: tables, dense parameters and their optimizer
+        slots (checkpoints, and the training state stored with each published version)."""
         arrays = {
             "item_in": self.item_in[:items].numpy(),
             "item_out": self.item_out[:items].numpy(),
@@ -368,7 +385,7 @@ class ItemPoolingModel:
             arrays[f"dense_acc_{index}"] = acc.numpy()
         return arrays
 
-    def restore(self, arrays: dict[str, npt.NDArray[np.float32]]) -> None:
+    def restore(self, arrays: Mapping[str, Floats]) -> None:
         items = int(arrays["item_in"].shape[0])
         self.ensure_capacity(items)
         for name in self._table_names(
@@ -386,10 +403,18 @@ class ItemPoolingModel:
             return names
         return tuple(n for n in names if n not in ("item_out", "acc_out"))
 
-    def warm_start(self, weights: ItemPoolingWeights) -> None:
-        """Start from a published version's weights (fresh optimizer slots)."""
+    def warm_start(
+        self, weights: ItemPoolingWeights, state: Mapping[str, Floats] | None = None
+    ) -> None:
+        """Start from a published version: with its training state (``state`` of the same
+        rows), exactly where its learner was, optimizer slots included; without, from its
+        weights with fresh slots, whose first steps are far larger than the trained model's
+        own (every accumulator back at its initial value)."""
         if weights.history_length != self.length or weights.item_in.shape[1] != self.dim:
             raise ValueError("the published version has a different shape than this spec")
+        if state is not None:
+            self.restore(state)
+            return
         items = len(weights.item_ids)
         self.ensure_capacity(items)
         for name in self._table_names(("item_in", "item_out", "item_bias")):
