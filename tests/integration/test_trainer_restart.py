@@ -33,7 +33,14 @@ SPEC = {
 def trainer_process(
     kafka_settings: KafkaSettings, topic_settings: TopicSettings, tmp_path: Path, unique: str
 ) -> Iterator[ServiceServer]:
-    server = trainer_server(tmp_path / "trainer", kafka_settings, topic_settings, unique)
+    # A checkpoint at every publish cycle, so that the kill comes after one.
+    server = trainer_server(
+        tmp_path / "trainer",
+        kafka_settings,
+        topic_settings,
+        unique,
+        {"STREAMREC_TRAINER_CHECKPOINT_EVERY_S": "0"},
+    )
     yield server
     server.kill()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,13 @@ def platform_env(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, str]:
 
 
 def trainer_server(
-    home: Path, kafka: KafkaSettings, topics: TopicSettings, unique: str
+    home: Path,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    unique: str,
+    settings: Mapping[str, str] | None = None,
 ) -> ServiceServer:
+    """A trainer process; ``settings``: more of its environment variables."""
     return ServiceServer(
         name="trainer",
         home=home,
@@ -40,6 +46,7 @@ def trainer_server(
             "STREAMREC_TRAINER_DATABASE_URL": f"sqlite:///{home / 'registry.db'}",
             "STREAMREC_TRAINER_ARTIFACTS_DIR": str(home / "artifacts"),
             "STREAMREC_TRAINER_CONTROL_GROUP": f"trainer-{unique}",
+            **(settings or {}),
         },
     )
 

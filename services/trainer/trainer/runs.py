@@ -19,6 +19,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -129,9 +130,10 @@ class CycleResult:
     events_trained: int
     item_count: int
     artifact: StoredArtifact | None
-    scorer: ItemPoolingScorer
+    scorer: ItemPoolingScorer | None  # None: deferred before any candidate was built
     seconds: float
     gate: dict[str, float | str | None] = field(default_factory=dict)
+    checkpointed: bool = False  # the learner was checkpointed at ``position``
 
 
 @dataclass
@@ -170,6 +172,8 @@ class TrainingRun:
         self._baseline: Baseline | None = None
         self._random = random.Random(f"{self.run_id}:holdout")  # noqa: S311 - sampling
         self._dead: list[tuple[Record, str]] = []
+        self._checkpointed_at = time.monotonic()  # the run's start counts as one
+        self._training_states: deque[str] = deque()  # URIs of the states this run wrote
         self._rate_window: tuple[float, int] = (time.monotonic(), 0)
 
     @property
@@ -375,12 +379,20 @@ class TrainingRun:
         progress.position = dict(learner.position)
 
     def _cycle(self, final_batch: bool) -> CycleResult:
-        """Judge the candidate, store it if it passes, checkpoint (incremental runs)."""
+        """Judge the candidate, store it if it passes, checkpoint (incremental runs, at most
+        every ``checkpoint_every_s``)."""
         began = time.perf_counter()
         learner = self._require_learner()
         policy = self.request.validation
         learner.train_pending(flush=True)
         self._refresh_baseline()
+        if (
+            self._baseline is not None
+            and not final_batch
+            and len(learner.heldout) < policy.min_events
+        ):
+            # The gate would defer whatever the metrics: no candidate to export and rank.
+            return self._deferred(learner, began)
         weights = learner.candidate()
         scorer = ItemPoolingScorer(weights)
         above, ties = learner.rank(scorer, policy.max_events)
@@ -412,10 +424,11 @@ class TrainingRun:
                 "created_at": datetime.now(UTC).isoformat(),
             }
             artifact = self._store_version(weights, manifest)
+        checkpointed = False
         if self.request.mode is TrainingMode.INCREMENTAL:
             if decision != "deferred":
                 learner.release_heldout()
-            self._save_checkpoint()
+            checkpointed = self._checkpoint_if_due()
         self._update_progress()
         return CycleResult(
             decision=decision,
@@ -429,7 +442,32 @@ class TrainingRun:
             scorer=scorer,
             seconds=time.perf_counter() - began,
             gate=verdict.record(),
+            checkpointed=checkpointed,
         )
+
+    def _deferred(self, learner: Learner, began: float) -> CycleResult:
+        needed = self.request.validation.min_events
+        checkpointed = self._checkpoint_if_due()
+        self._update_progress()
+        return CycleResult(
+            decision="deferred",
+            reason=f"{len(learner.heldout)} held-out events, the gate needs {needed}",
+            metrics={},
+            baseline_metrics=None,
+            position=dict(learner.position),
+            events_trained=learner.events_trained,
+            item_count=len(learner.item_ids),
+            artifact=None,
+            scorer=None,
+            seconds=time.perf_counter() - began,
+            checkpointed=checkpointed,
+        )
+
+    def _checkpoint_if_due(self) -> bool:
+        due = time.monotonic() - self._checkpointed_at >= self.services.settings.checkpoint_every_s
+        if due:
+            self._save_checkpoint()
+        return due
 
     def _store_version(
         self, weights: ItemPoolingWeights, manifest: dict[str, Any]
@@ -444,9 +482,17 @@ class TrainingRun:
             f"training/{self.spec_id}", lambda folder: save_training_state(folder, state)
         )
         manifest = {**manifest, "training_state": {"uri": training.uri, "digest": training.digest}}
-        return store.write(f"models/{self.spec_id}", lambda folder: weights.save(folder, manifest))
+        artifact = store.write(
+            f"models/{self.spec_id}", lambda folder: weights.save(folder, manifest)
+        )
+        # A warm start reads only the latest version's state: older ones this run wrote go.
+        self._training_states.append(training.uri)
+        while len(self._training_states) > self.services.settings.training_states_kept:
+            store.delete(self._training_states.popleft())
+        return artifact
 
     def _save_checkpoint(self) -> None:
+        self._checkpointed_at = time.monotonic()
         learner = self._require_learner()
         extra = {"run_id": self.run_id, "warm_start": self.progress.warm_start}
         self.services.checkpoints.save(
@@ -498,6 +544,7 @@ class TrainingRun:
                 result.position,
                 result.events_trained,
             )
+            assert result.scorer is not None  # a published candidate was built and ranked
             self._baseline = Baseline(version.version, result.scorer)
             metrics.versions_published.labels(self.spec_id).inc()
             log.info(
@@ -660,7 +707,8 @@ class TrainingRun:
                     result = await self._in_worker(self._cycle, False)
                     reported = learner.events_trained
                     await self._record_cycle(result)
-                    await self._commit(consumer, assigned, result.position)
+                    if result.checkpointed:  # committed offsets never pass the checkpoint
+                        await self._commit(consumer, assigned, result.position)
                     if result.decision != "deferred":
                         last_cycle, observed_then = time.monotonic(), learner.events_observed
         finally:
