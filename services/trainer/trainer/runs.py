@@ -384,15 +384,17 @@ class TrainingRun:
         began = time.perf_counter()
         learner = self._require_learner()
         policy = self.request.validation
-        learner.train_pending(flush=True)
         self._refresh_baseline()
         if (
             self._baseline is not None
             and not final_batch
             and len(learner.heldout) < policy.min_events
         ):
-            # The gate would defer whatever the metrics: no candidate to export and rank.
+            # The gate would defer whatever the metrics: no candidate to export and rank, and
+            # no flush either (a flush trains a mini-batch of a few fresh events and a full
+            # share of replay: done every cycle, it tilts learning towards the past).
             return self._deferred(learner, began)
+        learner.train_pending(flush=True)
         weights = learner.candidate()
         scorer = ItemPoolingScorer(weights)
         above, ties = learner.rank(scorer, policy.max_events)
@@ -709,8 +711,10 @@ class TrainingRun:
                     await self._record_cycle(result)
                     if result.checkpointed:  # committed offsets never pass the checkpoint
                         await self._commit(consumer, assigned, result.position)
-                    if result.decision != "deferred":
-                        last_cycle, observed_then = time.monotonic(), learner.events_observed
+                    # A deferral (too few held-out events) counts as an attempt: the next one
+                    # comes a full interval later, not at every fetch (each costs a registry
+                    # write, and the held-out events keep accumulating meanwhile).
+                    last_cycle, observed_then = time.monotonic(), learner.events_observed
         finally:
             await consumer.stop()
 
