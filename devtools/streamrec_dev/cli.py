@@ -217,7 +217,13 @@ def replay(
 
     from streamrec_dev.evaluation.protocol import ProtocolConfig, split_point
     from streamrec_dev.evaluation.protocol import evaluate as run_protocol
-    from streamrec_dev.evaluation.replay import HttpRecommender, ReplayError, wait_for_new_model
+    from streamrec_dev.evaluation.replay import (
+        HttpFeed,
+        HttpRanker,
+        HttpRecommender,
+        ReplayError,
+        wait_for_new_model,
+    )
     from streamrec_dev.evaluation.report import RESULTS_DIR, markdown_table, write_report
     from streamrec_dev.evaluation.runner import describe_dataset, load_limited, progress_bar
 
@@ -239,15 +245,15 @@ def replay(
     with progress_bar(console) as progress:
         history = progress.add_task("history -> ingest", total=split_point(total, 0.5))
         scoring = progress.add_task(f"{arm}: test-then-train", total=total)
-        stack = HttpRecommender(
+        feed = HttpFeed(
             ingest_url,
-            inference_url,
             ready=ready,
             rate=rate or None,
             id_prefix=id_prefix,
             history_progress=lambda count: progress.advance(history, count),
             features_metrics_url=features_url or None,
         )
+        stack = HttpRecommender(feed, HttpRanker(inference_url, id_prefix=id_prefix))
         try:
             result = run_protocol(
                 arm,

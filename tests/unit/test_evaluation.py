@@ -545,13 +545,12 @@ def test_replay_adapter_scores_the_stack_like_the_same_model_in_process() -> Non
     data = synthetic(DriftingClickstream(users=30, events=2500, initial_items=80)).interactions
     stack = FakeStack(fail_first=1)
     ready: list[HistoryPosted] = []
+    connect = mock_connector(stack.handler)
     remote = HttpRecommender(
-        "http://ingest",
-        "http://inference",
-        ready=ready.append,
-        connect=mock_connector(stack.handler),
-        run_id="run1",
-        max_retry_wait_s=0.0,
+        HttpFeed(
+            "http://ingest", ready=ready.append, connect=connect, run_id="run1", max_retry_wait_s=0
+        ),
+        HttpRanker("http://inference", connect=connect, max_retry_wait_s=0),
     )
     over_http = evaluate("stack", remote, data)
     in_process = evaluate("peer", PopularityOnline(), data)
@@ -604,11 +603,14 @@ LAGGING = rows(("a", "1", 1), ("b", "2", 2), ("a", "3", 3), ("a", "4", 4), ("c",
 
 def replay_lagging(watched: bool) -> tuple[LaggingUpdater, HttpRecommender]:
     stack = LaggingUpdater()
+    connect = mock_connector(stack.handler)
     remote = HttpRecommender(
-        "http://ingest",
-        "http://inference",
-        connect=mock_connector(stack.handler),
-        features_metrics_url="http://features/metrics" if watched else None,
+        HttpFeed(
+            "http://ingest",
+            connect=connect,
+            features_metrics_url="http://features/metrics" if watched else None,
+        ),
+        HttpRanker("http://inference", connect=connect),
     )
     stack.applied = -1  # the first read (the baseline) shows only the 7 events before
     remote.fit_history(LAGGING[:2])
@@ -631,12 +633,10 @@ def test_replay_waits_for_the_feature_updater_before_asking_for_a_user() -> None
 
 def test_replay_adapter_prefixes_ids_and_posts_ratings() -> None:
     stack = FakeStack()
+    connect = mock_connector(stack.handler)
     remote = HttpRecommender(
-        "http://ingest",
-        "http://inference",
-        connect=mock_connector(stack.handler),
-        id_prefix="ml:",
-        run_id="r",
+        HttpFeed("http://ingest", connect=connect, id_prefix="ml:", run_id="r"),
+        HttpRanker("http://inference", connect=connect, id_prefix="ml:"),
     )
     remote.fit_history([Interaction("1", "10", 880000000.0, 4.0)])
     remote.observe(Interaction("2", "20", 880000001.0, 5.0))
@@ -650,7 +650,7 @@ def test_replay_adapter_prefixes_ids_and_posts_ratings() -> None:
     }
     assert remote.recommend("3", 20, set()) == ["10", "20"]  # prefix stripped
     with pytest.raises(ValueError, match="batch_size"):
-        HttpRecommender("http://i", "http://j", batch_size=1001)
+        HttpFeed("http://i", batch_size=1001)
 
 
 def test_one_http_feed_posts_each_event_once_for_several_rankers() -> None:
@@ -663,7 +663,10 @@ def test_one_http_feed_posts_each_event_once_for_several_rankers() -> None:
     assert len(stack.bodies) == 2500  # one POST per interaction, not one per arm
     assert sorted(stack.asked) == sorted(["a", "b"] * shared[0].scored)
     twin = FakeStack()  # the same service, replayed by one HttpRecommender
-    one = HttpRecommender("http://i", "http://j", connect=mock_connector(twin.handler))
+    twin_connect = mock_connector(twin.handler)
+    one = HttpRecommender(
+        HttpFeed("http://i", connect=twin_connect), HttpRanker("http://j", connect=twin_connect)
+    )
     alone = evaluate("stack", one, data)
     for result in shared:
         assert result.metrics == alone.metrics

@@ -450,53 +450,9 @@ class HttpRanker:
 class HttpRecommender:
     """One feed and one ranker: prequential replay against a running stack, a ``Recommender``."""
 
-    def __init__(
-        self,
-        ingest_url: str,
-        inference_url: str,
-        *,
-        ready: ReadyHook | None = None,
-        observed: Callable[[int], None] | None = None,
-        rate: float | None = None,
-        batch_size: int = 1000,
-        id_prefix: str = "",
-        run_id: str | None = None,
-        overfetch: int = 20,
-        max_k: int = 100,
-        timeout_s: float = 10.0,
-        retries: int = 8,
-        max_retry_wait_s: float = 5.0,
-        connect: Connector | None = None,
-        history_progress: Callable[[int], None] | None = None,
-        features_metrics_url: str | None = None,
-        features_wait_s: float = 5.0,
-    ) -> None:
-        self.feed = HttpFeed(
-            ingest_url,
-            ready=ready,
-            observed=observed,
-            rate=rate,
-            batch_size=batch_size,
-            id_prefix=id_prefix,
-            run_id=run_id,
-            timeout_s=timeout_s,
-            retries=retries,
-            max_retry_wait_s=max_retry_wait_s,
-            connect=connect,
-            history_progress=history_progress,
-            features_metrics_url=features_metrics_url,
-            features_wait_s=features_wait_s,
-        )
-        self.ranker = HttpRanker(
-            inference_url,
-            id_prefix=id_prefix,
-            overfetch=overfetch,
-            max_k=max_k,
-            timeout_s=timeout_s,
-            retries=retries,
-            max_retry_wait_s=max_retry_wait_s,
-            connect=connect,
-        )
+    def __init__(self, feed: HttpFeed, ranker: HttpRanker) -> None:
+        self.feed = feed
+        self.ranker = ranker
 
     def fit_history(self, interactions: Sequence[Interaction]) -> None:
         self.feed.fit_history(interactions)
