@@ -39,6 +39,7 @@ import collections
 import concurrent.futures
 import contextlib
 import gc
+import hashlib
 import json
 import multiprocessing
 import os
@@ -84,6 +85,7 @@ from benchmarks.wrk import run_wrk  # noqa: E402
 MOVIELENS = REPO.parent / "shared" / "datasets" / "ml-100k" / "u.data"
 SPEC_A = "bench-latency-a"
 SPEC_B = "bench-latency-b"
+GATEWAY_KEY = "bench-latency-key"  # the gateway is given its sha256, as in a deployment
 SATURATION_P99_MS = 50.0
 VEGETA_VERSION = "v12.13.0"
 SATURATION_ERROR_RATE = 0.001
@@ -335,9 +337,17 @@ class _Conn(asyncio.Protocol):
 class HttpLoad:
     """A pool of raw HTTP/1.1 connections fed by the open-loop schedule (FIFO backlog)."""
 
-    def __init__(self, name: str, port: int, connections: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        connections: int,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.connections = connections
         self.timeout_s = timeout_s
         self.idle: collections.deque[_Conn] = collections.deque()
@@ -348,7 +358,7 @@ class HttpLoad:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def request(self, path: str) -> bytes:
-        return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode()
+        return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{self.headers}\r\n".encode()
 
     async def open(self) -> None:
         await asyncio.gather(*(self._connect() for _ in range(self.connections)))
@@ -885,6 +895,27 @@ class Stack:
         self.servers.append(server)
         return server
 
+    def gateway(self, inference: ServiceServer) -> ServiceServer:
+        """The gateway in front of ``inference`` (its stable pool, no canary), with an API key
+        required as in a deployment: its overhead is measured on the same requests."""
+        key_hash = hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()
+        server = ServiceServer(
+            name="gateway",
+            home=self.home / "svc",
+            port=free_port(),
+            app_factory="gateway.main:create_app",
+            env=self.env
+            | {
+                "STREAMREC_GATEWAY_INFERENCE_URL": inference.url,
+                "STREAMREC_GATEWAY_INGEST_URL": self.ingest.url,
+                "STREAMREC_GATEWAY_TRAINER_URL": self.trainer.url,
+                "STREAMREC_GATEWAY_API_KEY_HASHES": key_hash,
+                "STREAMREC_LOG_LEVEL": "WARNING",
+            },
+        )
+        self.servers.append(server)
+        return server
+
 
 async def request_batch(
     trainer: httpx.AsyncClient,
@@ -1020,10 +1051,12 @@ async def latency_section(
     users: list[str],
     rates: list[float],
     label: str,
+    gateway_port: int | None = None,
 ) -> dict[str, Any]:
-    """Each rate: inference, then (if given) the trivial endpoint and a Redis GET. Inference's
-    metrics are scraped around every window, so each row has the feature freshness of its own
-    window (during a baseline's window inference only runs its feature updater)."""
+    """Each rate: inference, then (if given) the same requests through the gateway (with an
+    API key), the trivial endpoint and a Redis GET. Inference's metrics are scraped around
+    every window, so each row has the feature freshness of its own window (during a
+    baseline's window inference only runs its feature updater)."""
     connections, timeout = options.connections, options.timeout_s
     rows: list[dict[str, Any]] = []
     first = last = await scrape(http, updater)
@@ -1043,6 +1076,12 @@ async def latency_section(
         print(f"  {label}: inference at {rate:,.0f} req/s ...", flush=True)
         jobs = recommendation_jobs(inference, users, count, options.unknown_share, seed)
         await window(inference, rate, jobs)
+        if gateway_port is not None:
+            gateway = HttpLoad(
+                f"gateway {label}", gateway_port, connections, timeout, {"X-API-Key": GATEWAY_KEY}
+            )
+            jobs = recommendation_jobs(gateway, users, count, options.unknown_share, seed)
+            await window(gateway, rate, jobs)
         if trivial_port is not None:
             trivial = HttpLoad("trivial endpoint", trivial_port, connections, timeout)
             await window(trivial, rate, plain_jobs(trivial.request("/healthz"), count))
@@ -1181,18 +1220,22 @@ async def run_benchmark(
     options: argparse.Namespace,
     stack: Stack,
     inference: ServiceServer,
+    gateway: ServiceServer,
     features: ModuleServer,
     background: Background,
     problems_from: list[Path],
 ) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=features.url, timeout=30) as updater:
-        return await _run_benchmark(options, stack, inference, updater, background, problems_from)
+        return await _run_benchmark(
+            options, stack, inference, gateway, updater, background, problems_from
+        )
 
 
 async def _run_benchmark(
     options: argparse.Namespace,
     stack: Stack,
     inference: ServiceServer,
+    gateway: ServiceServer,
     updater: httpx.AsyncClient,
     background: Background,
     problems_from: list[Path],
@@ -1260,6 +1303,7 @@ async def _run_benchmark(
             cat_a.users,
             options.rates,
             "a",
+            gateway.port,
         )
         sat_inference = await saturation(
             options, inference.port, "inference a", cat_a.users,
@@ -1535,12 +1579,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="streamrec-latency-") as tmp:
         home = Path(tmp)
         logs = [
-            home / "svc" / f"{name}.log" for name in ("inference", "trainer", "ingest", "features")
+            home / "svc" / f"{name}.log"
+            for name in ("inference", "trainer", "ingest", "features", "gateway")
         ]
         background: Background | None = None
         try:
             stack = start_stack(home, servers)
             inference = stack.inference("inference", SPEC_A)
+            gateway = stack.gateway(inference)
             features = stack.updater()
             # Service start-ups are mostly imports (TF in the trainer): overlap them; inference
             # once the registry (the trainer) answers.
@@ -1549,12 +1595,13 @@ def main() -> None:
                 for started in [pool.submit(s.start, 120) for s in services]:
                     started.result()
             inference.start(timeout=120)
+            gateway.start(timeout=60)
             features.start(timeout=60)
             print(f"servers up in {time.monotonic() - began:.0f}s", flush=True)
             background = Background(stack.ingest.url, options.ingest_rate, options.ingest_batch)
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 results = runner.run(
-                    run_benchmark(options, stack, inference, features, background, logs)
+                    run_benchmark(options, stack, inference, gateway, features, background, logs)
                 )
         except BaseException:
             for log in logs:

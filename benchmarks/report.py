@@ -95,6 +95,33 @@ def inference(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def gateway(data: dict[str, Any]) -> list[str]:
+    """The same recommendation requests through the gateway (API key checked, stable pool)
+    as straight to inference, window after window in the inference latency run."""
+    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
+    for entry in data["catalogue_a"]["latency"]:
+        by_rate.setdefault(entry["offered_rps"], {})[entry["target"]] = entry
+    lines = [
+        "| offered load | inference p50 / p99 ms (baseline) | through the gateway p50 / p99 ms"
+        " | added p50 / p99 ms | errors + timeouts |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rows = 0
+    for rate, targets in sorted(by_rate.items()):
+        direct, proxied = targets.get("inference a"), targets.get("gateway a")
+        if not direct or not proxied or proxied["p50_ms"] is None or direct["p50_ms"] is None:
+            continue
+        rows += 1
+        lines.append(
+            f"| {rate:,.0f} req/s | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} "
+            f"| {proxied['p50_ms']:.2f} / {proxied['p99_ms']:.2f} "
+            f"| {proxied['p50_ms'] - direct['p50_ms']:+.2f} / "
+            f"{proxied['p99_ms'] - direct['p99_ms']:+.2f} "
+            f"| {proxied['errors'] + proxied['timeouts']} |"
+        )
+    return lines if rows else []
+
+
 def freshness(data: dict[str, Any]) -> list[str]:
     served = data["served_freshness_first_covering_version"]
     conservative = data["served_freshness_conservative"]
@@ -180,12 +207,12 @@ def build(results: Path) -> str:
         out.append("")
     out += ["## Recommendation quality (prequential, same run per dataset)", ""]
     out += evaluation(results / "evaluation") or ["not run", ""]
-    out += [
-        "## Gateway overhead",
-        "",
-        "not measured: the gateway's routing and canary split are the next issue.",
-        "",
+    out += ["## Gateway overhead", ""]
+    data = _load(results / "inference_latency.json")
+    out += (gateway(data) if data else None) or [
+        "not run (`inference_latency.json` missing or from before the gateway windows)"
     ]
+    out.append("")
     return "\n".join(out)
 
 

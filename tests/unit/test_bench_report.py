@@ -1,0 +1,45 @@
+"""The benchmark report's gateway section: the same rate's direct and proxied windows, paired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.report import build, gateway
+
+
+def window(target: str, rate: float, p50: float | None, p99: float | None) -> dict[str, Any]:
+    return {
+        "target": target,
+        "offered_rps": rate,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": 1,
+        "timeouts": 2,
+    }
+
+
+def test_gateway_overhead_pairs_windows_of_the_same_rate() -> None:
+    data = {
+        "catalogue_a": {
+            "latency": [
+                window("inference a", 500.0, 1.25, 4.5),
+                window("gateway a", 500.0, 2.0, 7.0),
+                window("trivial endpoint", 500.0, 0.5, 2.0),
+                window("inference a", 100.0, 1.0, 4.0),
+                window("gateway a", 100.0, 1.5, 3.5),
+                window("inference a", 1000.0, 1.0, 4.0),  # no gateway window at this rate
+            ]
+        }
+    }
+    lines = gateway(data)
+    rows = lines[2:]
+    assert rows == [
+        "| 100 req/s | 1.00 / 4.00 | 1.50 / 3.50 | +0.50 / -0.50 | 3 |",
+        "| 500 req/s | 1.25 / 4.50 | 2.00 / 7.00 | +0.75 / +2.50 | 3 |",
+    ]
+
+
+def test_gateway_section_says_when_there_is_nothing_to_pair(tmp_path: Any) -> None:
+    assert gateway({"catalogue_a": {"latency": [window("inference a", 100.0, 1.0, 2.0)]}}) == []
+    report = build(tmp_path)
+    assert "## Gateway overhead\n\nnot run" in report
