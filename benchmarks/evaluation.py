@@ -56,7 +56,9 @@ from streamrec_dev.evaluation.stack_arms import (  # noqa: E402
 BASELINE = "popularity-history"
 
 
-def stack_results(dataset: Dataset, names: list[str], console: Console) -> list[EvaluationResult]:
+def stack_results(
+    dataset: Dataset, names: list[str], settings: StackEvaluationSettings, console: Console
+) -> list[EvaluationResult]:
     arms = [STACK_ARMS[name] for name in names]
     with (
         tempfile.TemporaryDirectory(prefix="streamrec-eval-") as home,
@@ -67,7 +69,7 @@ def stack_results(dataset: Dataset, names: list[str], console: Console) -> list[
             dataset,
             arms,
             Path(home),
-            StackEvaluationSettings(),
+            settings,
             progress=lambda count: progress.advance(task, count),
         )
 
@@ -91,6 +93,12 @@ def main() -> int:
         help="leave out the product's model in process (benchmarks/model_arms.py)",
     )
     parser.add_argument("--limit", type=int, default=0, help="first N interactions only (0: all)")
+    parser.add_argument(
+        "--gate-min-events",
+        type=int,
+        default=StackEvaluationSettings.gate_min_events,
+        help="held-out events arm 5's gated publish needs",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()
     console = Console()
@@ -105,6 +113,7 @@ def main() -> int:
     unknown = [name for name in stack_names if name not in STACK_ARMS]
     if unknown:
         parser.error(f"unknown stack arm(s) {unknown}; known: {list(STACK_ARMS)}")
+    settings = StackEvaluationSettings(gate_min_events=options.gate_min_events)
     for name in options.datasets.split(","):
         if name == "ml-100k" and not ml_100k_path().is_file():
             console.print(f"[yellow]ml-100k skipped: {ml_100k_path()} is not there[/yellow]")
@@ -114,7 +123,7 @@ def main() -> int:
         started = time.perf_counter()
         results = []
         if stack_names:
-            results += stack_results(dataset, stack_names, console)
+            results += stack_results(dataset, stack_names, settings, console)
         stack_s = time.perf_counter() - started
         results += run_arms(dataset, arms, console=console)
         folder = write_report(

@@ -169,9 +169,9 @@ class StackEvaluationSettings:
     # Batch runs hold out the newest share of their range for the gate: keep it small, the
     # newest events are the most useful ones to learn.
     batch_holdout: float = 0.01
-    # Held-out events a follow run's gated publish needs (the product's default: 100; its
-    # held-out share of incoming events is 10 %, so about one publish per 1,000 events).
-    gate_min_events: int = 100
+    # Held-out events a follow run's gated publish needs (the product's default, 30; its
+    # held-out share of incoming events is 10 %, and repeats are not evaluated).
+    gate_min_events: int = 30
     rate: float | None = None  # evaluated events/s (None: as fast as the stack answers)
     ready_timeout_s: float = 900.0
 
