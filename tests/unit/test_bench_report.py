@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import build, gateway
+from benchmarks.report import build, gateway, inference
 
 
 def window(target: str, rate: float, p50: float | None, p99: float | None) -> dict[str, Any]:
@@ -43,3 +43,25 @@ def test_gateway_section_says_when_there_is_nothing_to_pair(tmp_path: Any) -> No
     assert gateway({"catalogue_a": {"latency": [window("inference a", 100.0, 1.0, 2.0)]}}) == []
     report = build(tmp_path)
     assert "## Gateway overhead\n\nnot run" in report
+
+
+def test_saturation_is_the_benchmarks_verdict_over_every_window() -> None:
+    """The saturation steps alone (all failing here) would say 0; the verdict also counts the
+    latency windows, one of which passed."""
+    wrk = {"requests_per_s": 2000.0}
+    data = {
+        "catalogue_a": {
+            "latency": [window("inference a", 1000.0, 1.0, 5.0)],
+            "saturation": {
+                "inference": {"saturation_rps": 0.0, "criterion": "p99 <= 50 ms"},
+                "trivial_endpoint": {"saturation_rps": 4000.0},
+            },
+            "wrk_closed_loop": {"inference": wrk, "trivial": {"requests_per_s": 8000.0}},
+        },
+        "verdicts": {
+            "saturation_rps": 1000.0,
+            "saturation_bracket": {"highest_passing_rps": 1000.0, "lowest_failing_rps": 1500.0},
+        },
+    }
+    text = "\n".join(inference(data))
+    assert "p99 <= 50 ms): 1,000 req/s, 1,500 fails (trivial endpoint 4,000)" in text
