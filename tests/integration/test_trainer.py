@@ -185,6 +185,49 @@ async def test_follow_run_publishes_again_and_new_items_become_recommendable(
     assert stopped["run"]["trained_through"]
 
 
+async def test_a_deferred_cycle_waits_a_full_interval_and_trains_no_partial_batch(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    """While the held-out sample is below ``min_events``, a cycle defers; the next attempt comes
+    ``every_s`` later, not at every fetch (each attempt flushed a partial mini-batch and wrote a
+    registry row: on ML-100K that cost 0.03 HR@10 and two thirds of the trainer's CPU)."""
+    await create_spec(trainer)
+    every_s = 0.5
+    response = await trainer.post(
+        "/v1/specs/chain/runs",
+        json={
+            "mode": "incremental",
+            "publish": {"every_s": every_s, "every_events": 100_000},
+            # v1 needs no sample (no baseline yet); every later cycle defers.
+            "validation": {"rate": 0.1, "min_events": 100_000, "tolerance": 1.0},
+        },
+    )
+    assert response.status_code == 202, response.text
+    path = f"/v1/runs/{response.json()['run_id']}"
+    topic = trainer_settings.topics.events
+    await produce(trainer_settings.kafka, topic, chain_events(10, 10, 12))
+    first = await wait_for(trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 1)
+    # Events trickle in, one small fetch after another, for a few intervals.
+    began = time.monotonic()
+    for n in range(30):
+        events = chain_events(2, 3, 12, start_index=n * 3, user_prefix=f"t{n}-")
+        await produce(trainer_settings.kafka, topic, events)
+        await asyncio.sleep(0.1)
+    elapsed = time.monotonic() - began
+    await asyncio.sleep(every_s)
+    run = (await trainer.get(path)).json()
+    deferred = [s for s in run["recent_steps"] if s["metrics"]["decision"] == "deferred"]
+    assert deferred, run["recent_steps"]
+    assert len(deferred) <= elapsed / every_s + 2, [s["recorded_at"] for s in deferred]
+    # No flush on deferral: since v1 (whose cycle flushed), only full mini-batches were trained,
+    # 48 fresh events each (batch 64, a quarter replay), whatever the trickle's sizes.
+    trained_since = run["live"]["events_trained"] - first["events_trained"]
+    assert trained_since > 0
+    assert trained_since % 48 == 0, trained_since
+    assert (await trainer.post(f"{path}/stop")).status_code == 202
+    await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
+
+
 async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
     trainer: httpx.AsyncClient, trainer_settings: TrainerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
