@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from streamrec_shared.ranking import per_event_metrics, rank_metrics
 from streamrec_shared.schemas.control import ValidationPolicy
-from trainer.gate import judge
+from trainer.gate import judge, short_sample
 
 POLICY = ValidationPolicy(min_events=100, tolerance=0.01, confidence=0.95)
 
@@ -27,6 +27,9 @@ def test_too_few_events_defer_the_decision_or_reject_a_final_batch() -> None:
     final = judge(POLICY, values, values, final_batch=True)
     assert final.decision == "rejected"
     assert "99 held-out events, the gate needs 100" in final.reason
+    # The same rule a run applies before it builds a candidate at all.
+    assert short_sample(POLICY, 99, final_batch=False) == judge(POLICY, values, values, False)
+    assert short_sample(POLICY, 100, final_batch=False) is None
 
 
 def test_a_consistent_drop_beyond_the_tolerance_is_rejected() -> None:

@@ -42,6 +42,18 @@ class Verdict:
         }
 
 
+def short_sample(policy: ValidationPolicy, events: int, final_batch: bool) -> Verdict | None:
+    """The verdict on a sample of ``events`` held-out events too small to judge (deferred, or
+    rejected at the end of a batch, which gets no more), else ``None``. A run asks before it
+    builds a candidate: with a current version, nothing else could decide."""
+    if events >= policy.min_events:
+        return None
+    return Verdict(
+        "rejected" if final_batch else "deferred",
+        f"{events} held-out events, the gate needs {policy.min_events}",
+    )
+
+
 def judge(
     policy: ValidationPolicy,
     candidate: npt.NDArray[np.float64],
@@ -55,11 +67,9 @@ def judge(
     if len(candidate) != len(current):
         raise ValueError("the gate compares the same events: lengths differ")
     events = len(candidate)
-    if events < policy.min_events:
-        return Verdict(
-            "rejected" if final_batch else "deferred",
-            f"{events} held-out events, the gate needs {policy.min_events}",
-        )
+    short = short_sample(policy, events, final_batch)
+    if short is not None:
+        return short
     differences = candidate - current
     difference = float(differences.mean())
     standard_error = float(differences.std(ddof=1) / math.sqrt(events))

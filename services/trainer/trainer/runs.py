@@ -59,7 +59,7 @@ from streamrec_shared.schemas.control import (
 
 from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
-from trainer.gate import judge
+from trainer.gate import Verdict, judge, short_sample
 from trainer.learner import Learner, decode_records
 from trainer.metrics import TrainerMetrics
 from trainer.model.item_pooling import Floats, load_training_state, save_training_state
@@ -385,15 +385,15 @@ class TrainingRun:
         learner = self._require_learner()
         policy = self.request.validation
         self._refresh_baseline()
-        if (
-            self._baseline is not None
-            and not final_batch
-            and len(learner.heldout) < policy.min_events
-        ):
-            # The gate would defer whatever the metrics: no candidate to export and rank, and
-            # no flush either (a flush trains a mini-batch of a few fresh events and a full
-            # share of replay: done every cycle, it tilts learning towards the past).
-            return self._deferred(learner, began)
+        if self._baseline is not None and not final_batch:
+            # The gate ranks at most max_events of them.
+            sample = min(len(learner.heldout), policy.max_events)
+            short = short_sample(policy, sample, final_batch=False)
+            if short is not None:
+                # Deferred whatever the metrics: no candidate to export and rank, and no flush
+                # either (a flush trains a mini-batch of a few fresh events and a full share of
+                # replay: done every cycle, it tilts learning towards the past).
+                return self._deferred(learner, short, began)
         learner.train_pending(flush=True)
         weights = learner.candidate()
         scorer = ItemPoolingScorer(weights)
@@ -447,13 +447,12 @@ class TrainingRun:
             checkpointed=checkpointed,
         )
 
-    def _deferred(self, learner: Learner, began: float) -> CycleResult:
-        needed = self.request.validation.min_events
+    def _deferred(self, learner: Learner, verdict: Verdict, began: float) -> CycleResult:
         checkpointed = self._checkpoint_if_due()
         self._update_progress()
         return CycleResult(
-            decision="deferred",
-            reason=f"{len(learner.heldout)} held-out events, the gate needs {needed}",
+            decision=verdict.decision,
+            reason=verdict.reason,
             metrics={},
             baseline_metrics=None,
             position=dict(learner.position),
@@ -462,6 +461,7 @@ class TrainingRun:
             artifact=None,
             scorer=None,
             seconds=time.perf_counter() - began,
+            gate=verdict.record(),
             checkpointed=checkpointed,
         )
 
