@@ -47,15 +47,21 @@ def ingest(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _windows_by_rate(data: dict[str, Any]) -> dict[float, dict[str, dict[str, Any]]]:
+    """Catalogue A's latency windows: offered rate -> target -> window."""
+    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
+    for entry in data["catalogue_a"]["latency"]:
+        by_rate.setdefault(entry["offered_rps"], {})[entry["target"]] = entry
+    return by_rate
+
+
 def inference(data: dict[str, Any]) -> list[str]:
     lines = [
         "| recommendations (1,682 items) | p50 / p99 ms | trivial endpoint p50 / p99 "
         "| Redis GET p50 / p99 |",
         "|---|---:|---:|---:|",
     ]
-    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
-    for entry in data["catalogue_a"]["latency"]:
-        by_rate.setdefault(entry["offered_rps"], {})[entry["target"]] = entry
+    by_rate = _windows_by_rate(data)
 
     def cell(entry: dict[str, Any] | None) -> str:
         return f"{entry['p50_ms']:.2f} / {entry['p99_ms']:.2f}" if entry else "–"
@@ -104,9 +110,7 @@ def inference(data: dict[str, Any]) -> list[str]:
 def gateway(data: dict[str, Any]) -> list[str]:
     """The same recommendation requests through the gateway (API key checked, stable pool)
     as straight to inference, window after window in the inference latency run."""
-    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
-    for entry in data["catalogue_a"]["latency"]:
-        by_rate.setdefault(entry["offered_rps"], {})[entry["target"]] = entry
+    by_rate = _windows_by_rate(data)
     lines = [
         "| offered load | inference p50 / p99 ms (baseline) | through the gateway p50 / p99 ms"
         " | added p50 / p99 ms | errors + timeouts |",
