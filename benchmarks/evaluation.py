@@ -96,8 +96,8 @@ def main() -> int:
     parser.add_argument(
         "--gate-min-events",
         type=int,
-        default=StackEvaluationSettings.gate_min_events,
-        help="held-out events arm 5's gated publish needs",
+        default=None,
+        help="held-out events arm 5's gated publish needs (default: the product's)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()

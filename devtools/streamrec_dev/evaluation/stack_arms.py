@@ -169,9 +169,9 @@ class StackEvaluationSettings:
     # Batch runs hold out the newest share of their range for the gate: keep it small, the
     # newest events are the most useful ones to learn.
     batch_holdout: float = 0.01
-    # Held-out events a follow run's gated publish needs (the product's default, 30; its
-    # held-out share of incoming events is 10 %, and repeats are not evaluated).
-    gate_min_events: int = 30
+    # Held-out events a follow run's gated publish needs; None: the product's own default
+    # (``ValidationPolicy.min_events``).
+    gate_min_events: int | None = None
     rate: float | None = None  # evaluated events/s (None: as fast as the stack answers)
     ready_timeout_s: float = 900.0
 
@@ -260,7 +260,11 @@ class TrainerGroup:
             "mode": "incremental",
             "warm_start": True,
             "stream": {"kind": "follow", "topic": self.topics.events, "start": "earliest"},
-            "validation": {"min_events": self.settings.gate_min_events},
+            "validation": (
+                {}
+                if self.settings.gate_min_events is None
+                else {"min_events": self.settings.gate_min_events}
+            ),
             "publish": {
                 "every_events": self.settings.publish_every_events,
                 "every_s": self.settings.publish_every_s,
