@@ -39,7 +39,6 @@ import collections
 import concurrent.futures
 import contextlib
 import gc
-import hashlib
 import json
 import multiprocessing
 import os
@@ -65,6 +64,7 @@ from redis.exceptions import RedisError
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gateway.routing import key_digest  # noqa: E402
 from streamrec_dev.go_tools import ensure_stamped  # noqa: E402
 from streamrec_dev.servers import (  # noqa: E402
     ManagedProcess,
@@ -898,7 +898,6 @@ class Stack:
     def gateway(self, inference: ServiceServer) -> ServiceServer:
         """The gateway in front of ``inference`` (its stable pool, no canary), with an API key
         required as in a deployment: its overhead is measured on the same requests."""
-        key_hash = hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()
         server = ServiceServer(
             name="gateway",
             home=self.home / "svc",
@@ -909,7 +908,7 @@ class Stack:
                 "STREAMREC_GATEWAY_INFERENCE_URL": inference.url,
                 "STREAMREC_GATEWAY_INGEST_URL": self.ingest.url,
                 "STREAMREC_GATEWAY_TRAINER_URL": self.trainer.url,
-                "STREAMREC_GATEWAY_API_KEY_HASHES": key_hash,
+                "STREAMREC_GATEWAY_API_KEY_HASHES": key_digest(GATEWAY_KEY),
                 "STREAMREC_LOG_LEVEL": "WARNING",
             },
         )
