@@ -69,9 +69,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The httpx API over aiohttp's connection pool: httpx's own async transport cost ~2 ms
-        # of CPU per proxied request under concurrency, so the gateway saturated below 500
-        # req/s in front of an inference that serves 1,500 (benchmarks/inference_latency.py).
+        # The httpx API over aiohttp's connection pool: with httpx's own async transport the
+        # gateway saturated near 470 req/s (~2 ms of CPU per proxied request) in front of an
+        # inference serving 1,500; with this one it carried 1,000 (benchmarks/
+        # inference_latency.py).
         upstream = transport or _UpstreamTransport()
         async with httpx.AsyncClient(
             timeout=settings.upstream_timeout_s, transport=upstream
