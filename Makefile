@@ -3,13 +3,16 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-inference clean
+.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-inference clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-setup: ## Install everything (uv, .venv from uv.lock, Kafka jars, redis-server, postgresql)
+setup: ## Install everything (uv, .venv from requirements/dev.txt, Kafka jars, redis-server, postgresql)
 	@scripts/bootstrap.sh
+
+lock: setup ## After a pyproject dependency change: rewrite requirements/*.txt, then .venv
+	@scripts/lock.sh && scripts/bootstrap.sh
 
 up: setup ## Start Kafka, Redis, topics, all services and the demo stream; print URLs
 	@$(PY) -m streamrec_dev.cli up

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh machine: uv (pinned, in a project-local tool venv),
-# the Python environment from uv.lock and the Kafka broker jars (Maven). Debian packages
-# (redis-server; wrk for benchmarks) are installed by the code that starts them, when missing
-# (streamrec_dev.servers.ensure_debian_package). Safe to re-run: done steps are skipped.
+# the Python environment from the lock requirements/dev.txt and the Kafka broker jars (Maven).
+# Debian packages (redis-server; wrk for benchmarks) are installed by the code that starts them,
+# when missing (streamrec_dev.servers.ensure_debian_package). Safe to re-run: done steps are
+# skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,27 @@ if [ ! -x "$TOOLS/bin/uv" ] || [ "$("$TOOLS/bin/uv" --version | cut -d' ' -f2)" 
 fi
 export UV_NATIVE_TLS=1  # use the system's CA bundle, as pip does here
 
-echo "bootstrap: python environment (.venv) from uv.lock"
-"$TOOLS/bin/uv" sync --frozen --quiet
+# The environment: exactly the dev lock (every version and hash pinned: scripts/lock.sh), then the
+# workspace members editable (imported from this checkout) without dependencies, which the lock
+# already has. `pip sync` removes what the lock does not list, the members included, hence this
+# order. The stamp holds the digest of what the environment was installed from: unchanged, the
+# re-run does nothing.
+LOCK=requirements/dev.txt
+MEMBERS=(shared services/ingest services/trainer services/inference services/gateway devtools)
+STAMP=.venv/.streamrec-installed
+digest=$( { cat "$LOCK" "${MEMBERS[@]/%//pyproject.toml}"; echo "${MEMBERS[*]}"; } | sha256sum)
+if [ ! -x .venv/bin/python ]; then
+  "$TOOLS/bin/uv" venv --quiet --python 3.11 --prompt streamrec .venv
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$digest" ]; then
+  echo "bootstrap: python environment (.venv) up to date with $LOCK"
+else
+  echo "bootstrap: python environment (.venv) from $LOCK"
+  "$TOOLS/bin/uv" pip sync --quiet --python .venv/bin/python --require-hashes "$LOCK"
+  "$TOOLS/bin/uv" pip install --quiet --python .venv/bin/python --no-deps \
+    "${MEMBERS[@]/#/--editable=}"
+  echo "$digest" > "$STAMP"
+fi
 
 echo "bootstrap: Kafka broker jars (Maven, cached by pom.xml digest)"
 .venv/bin/python -c "from streamrec_dev.servers import ensure_kafka_jars; ensure_kafka_jars()"

@@ -143,29 +143,89 @@ def test_dockerfile_pins_its_bases_and_uv(service: str) -> None:
     assert uv == [f"pip install uv=={bootstrap_uv_version()}"]
 
 
+def _commands(run: str) -> list[list[str]]:
+    """The words of each command of a RUN (split at ``&&``), without RUN's own --mount options."""
+    words = [w for w in run.split() if not w.startswith("--mount=")]
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word == "&&":
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return commands
+
+
+def _uv_pip(run: str) -> list[list[str]]:
+    return [c for c in _commands(run) if c[:2] == ["uv", "pip"]]
+
+
+def _sources(copy: str) -> list[str]:
+    return copy.split()[:-1]
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_dockerfile_installs_dependencies_before_code_for_its_package_only(service: str) -> None:
+def test_dockerfile_installs_its_locked_dependencies_before_its_code_only(service: str) -> None:
     build = model.dockerfile(service).stage("build")
     steps = [(kw, args) for kw, args in build.instructions if kw in ("COPY", "RUN")]
-    syncs = [i for i, (kw, args) in enumerate(steps) if kw == "RUN" and "uv sync" in args]
-    assert len(syncs) == 2
-    first, second = (steps[i][1] for i in syncs)
-    for sync in (first, second):
-        assert f"--package streamrec-{service}" in sync
-        assert "--frozen" in sync
-        assert "--no-dev" in sync
-    assert "--no-install-workspace" in first
-    assert "--no-install-workspace" not in second
-    before = [args for kw, args in steps[: syncs[0]] if kw == "COPY"]
-    copied = " ".join(before).split()
-    assert all(p.endswith(("pyproject.toml", "uv.lock", "./", "/")) for p in copied), before
-    for member in ("shared", *(f"services/{s}" for s in SERVICES), "devtools"):
-        assert f"{member}/pyproject.toml" in copied
-    between = [args for kw, args in steps[syncs[0] : syncs[1]] if kw == "COPY"]
-    assert f"services/{service}/{service} services/{service}/{service}" in between
-    assert "shared/streamrec_shared shared/streamrec_shared" in between
+    installs = [i for i, (kw, args) in enumerate(steps) if kw == "RUN" and _uv_pip(args)]
+    assert len(installs) == 2, "one dependency layer, one code layer"
+    lock = f"requirements/{service}.txt"
+    assert (REPO / lock).is_file()
+
+    # Dependency layer: only this service's lock is copied, installed with hashes required into
+    # the virtual environment the runtime stages put on PATH.
+    before = [
+        source for kw, args in steps[: installs[0]] if kw == "COPY" for source in _sources(args)
+    ]
+    assert before == [lock]
+    deps_run = steps[installs[0]][1]
+    assert ["uv", "venv", "/app/.venv"] in _commands(deps_run)
+    (deps,) = _uv_pip(deps_run)
+    assert deps[2] in ("sync", "install")
+    assert "--require-hashes" in deps
+    assert lock in deps
+    assert not {"-e", "--editable", "--no-deps"} & set(deps)
+    assert "VIRTUAL_ENV=/app/.venv" in " ".join(build.all("ENV"))
+    app_env = " ".join(model.dockerfile(service).stage("app").all("ENV"))
+    assert "PATH=/app/.venv/bin:" in app_env
+
+    # Code layer: the shared library and this service, no other service's code, installed without
+    # dependencies (the lock has them all) and editable from where the dev stage syncs sources.
+    between = [
+        source
+        for kw, args in steps[installs[0] : installs[1]]
+        if kw == "COPY"
+        for source in _sources(args)
+    ]
+    assert sorted(between) == sorted(
+        [
+            "shared/pyproject.toml",
+            "shared/streamrec_shared",
+            f"services/{service}/pyproject.toml",
+            f"services/{service}/{service}",
+        ]
+    )
+    (code,) = _uv_pip(steps[installs[1]][1])
+    assert code[2] == "install"
+    assert "--no-deps" in code
+    assert "--no-sources" in code  # the members' workspace sources need the root, not copied
+    editables = [code[i + 1] for i, word in enumerate(code) if word in ("-e", "--editable")]
+    assert sorted(editables) == ["services/" + service, "shared"]
+    assert not any(word in ("-r", "--requirement") for word in code)
+    after = [args for kw, args in steps[installs[1] + 1 :] if kw == "COPY"]
+    assert not after, f"copied after the last install: {after}"
     others = [s for s in SERVICES if s != service]
-    assert not any(f"services/{o}/{o}" in args for args in between for o in others)
+    copied = [
+        source
+        for stage in model.dockerfile(service).stages
+        for args in stage.all("COPY")
+        for source in _sources(args)
+    ]
+    assert not any(
+        f"services/{o}/" in source or f"requirements/{o}." in source
+        for source in copied
+        for o in others
+    )
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -289,11 +349,8 @@ def test_dockerignore_is_an_allowlist_that_admits_what_the_dockerfiles_copy() ->
                 if args.startswith("--from"):
                     continue
                 for source in args.split()[:-1]:
-                    sample = (
-                        source
-                        if source.endswith(".toml") or source.endswith(".lock")
-                        else f"{source}/x.py"
-                    )
+                    # a file (pyproject.toml, a lock file) or a package folder
+                    sample = source if Path(source).suffix else f"{source}/x.py"
                     assert _included(sample, patterns), f"{service}: COPY {source} is ignored"
     for secret_or_junk in (
         ".venv/bin/python",
@@ -306,6 +363,7 @@ def test_dockerignore_is_an_allowlist_that_admits_what_the_dockerfiles_copy() ->
         "infra/kafka/libs/kafka.jar",
         ".run/kafka/server.log",
         "k8s/overlays/prod/kustomization.yaml",
+        "uv.lock",  # names the registry host; the images install from requirements/
     ):
         assert not _included(secret_or_junk, patterns), secret_or_junk
 
