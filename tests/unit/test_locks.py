@@ -110,3 +110,40 @@ def test_the_lock_reader_refuses_what_the_locks_must_not_hold(tmp_path: Path) ->
             locked(path)
     assert HOST.search("--index-url https://example.org/simple")
     assert pins(["streamrec-shared", "uvicorn[standard]==0.54.0", "a>=1"]) == {"uvicorn": "0.54.0"}
+
+
+def imported_top_levels(folder: Path) -> set[str]:
+    """The top-level modules a package's code imports (absolute imports only)."""
+    import ast
+
+    found: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_what_a_service_imports_is_in_its_image_s_lock(service: str) -> None:
+    """A module the service or the shared library imports at all must be installed in the
+    service's image: a dependency that only another member declared is in the dev environment
+    (every test passes) and missing from the image (the pod fails at start-up)."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    code = (REPO_ROOT / "services" / service / service, REPO_ROOT / "shared" / "streamrec_shared")
+    modules = set().union(*map(imported_top_levels, code))
+    own = {service, "streamrec_shared"}
+    third_party = {m for m in modules - own if m not in sys.stdlib_module_names}
+    assert third_party, "the import scan found nothing: the scan is broken"
+    versions = locked(LOCKS / f"{service}.txt")
+    missing = {
+        module: distributions.get(module)
+        for module in third_party
+        if not any(normalized(d) in versions for d in distributions.get(module, []))
+    }
+    assert not missing, f"imported by {service} but not in requirements/{service}.txt: {missing}"
