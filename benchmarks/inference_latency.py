@@ -91,6 +91,7 @@ VEGETA_VERSION = "v12.13.0"
 SATURATION_ERROR_RATE = 0.001
 REDIS_KEY = "bench:latency:value"
 FRESHNESS = "inference_feature_freshness_seconds"
+READ_BATCH = "inference_feature_read_batch_size"
 TARGETS = {
     "a_500_p50_ms": 2.0,
     "a_500_p99_ms": 10.0,
@@ -576,6 +577,48 @@ def recommendation_jobs(
     ]
 
 
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far (Linux ``/proc``): one process's, and the whole machine's."""
+
+    process_s: float | None
+    machine_busy_s: float
+    machine_total_s: float
+
+    @classmethod
+    def take(cls, pid: int | None) -> CpuSample:
+        ticks = os.sysconf("SC_CLK_TCK")
+        process_s = None
+        if pid is not None:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # The process and its children (uvicorn's workers, when it has some). After the
+                # command's ")": state is field 3, so utime (14) and stime (15) sit at 11 and 12.
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                process_s = 0.0
+                for one in (pid, *map(int, children)):
+                    stat = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+                    process_s += (int(stat[11]) + int(stat[12])) / ticks
+        cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = cpu[3] + cpu[4]  # idle + iowait
+        return cls(process_s, (sum(cpu) - idle) / ticks, sum(cpu) / ticks)
+
+
+def cpu_between(before: CpuSample, after: CpuSample, ok: int) -> dict[str, Any]:
+    """The measured server's CPU per answered request, and how busy the machine was (0-1 of
+    all its cores): the figure that says whether a window was short of CPU, not of software."""
+    total = after.machine_total_s - before.machine_total_s
+    out: dict[str, Any] = {
+        "machine_busy": round((after.machine_busy_s - before.machine_busy_s) / total, 3)
+        if total > 0
+        else None
+    }
+    if before.process_s is not None and after.process_s is not None:
+        used = after.process_s - before.process_s
+        out["server_cpu_s"] = round(used, 2)
+        out["server_cpu_us_per_ok"] = round(used / ok * 1e6) if ok else None
+    return out
+
+
 async def measure(load: Load, rate: float, seconds: float, jobs: list[Job]) -> dict[str, Any]:
     """A fresh pool for every window (idle keep-alive connections are closed by uvicorn)."""
     await load.open()
@@ -815,7 +858,9 @@ async def scrape(*clients: httpx.AsyncClient) -> dict[str, Any]:
     """Freshness buckets (cumulative), sum and count (the feature updater's), and answers by
     path (inference's), from every given ``/metrics``."""
     texts = [(await client.get("/metrics", timeout=30)).text for client in clients]
-    out: dict[str, Any] = {"buckets": {}, "sum": 0.0, "count": 0.0, "paths": {}}
+    out: dict[str, Any] = {
+        "buckets": {}, "sum": 0.0, "count": 0.0, "paths": {}, "read_users": 0.0, "reads": 0.0
+    }  # fmt: skip
     for family in (f for text in texts for f in text_string_to_metric_families(text)):
         for sample in family.samples:
             if sample.name == f"{FRESHNESS}_bucket":
@@ -826,6 +871,10 @@ async def scrape(*clients: httpx.AsyncClient) -> dict[str, Any]:
                 out["count"] = sample.value
             elif sample.name == "inference_recommendations_total":
                 out["paths"][sample.labels["path"]] = sample.value
+            elif sample.name == f"{READ_BATCH}_sum":
+                out["read_users"] = sample.value
+            elif sample.name == f"{READ_BATCH}_count":
+                out["reads"] = sample.value
     return out
 
 
@@ -847,6 +896,11 @@ def freshness_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str
         )
     paths = {p: after["paths"].get(p, 0.0) - before["paths"].get(p, 0.0) for p in after["paths"]}
     result["answers_by_path"] = {p: int(v) for p, v in paths.items() if v}
+    reads = after["reads"] - before["reads"]
+    # Requests per Redis call of the coalesced feature read (inference's own metric).
+    result["users_per_feature_read"] = (
+        round((after["read_users"] - before["read_users"]) / reads, 2) if reads else None
+    )
     return result
 
 
@@ -1051,6 +1105,7 @@ async def latency_section(
     rates: list[float],
     label: str,
     gateway_port: int | None = None,
+    pids: dict[int, int | None] | None = None,
 ) -> dict[str, Any]:
     """Each rate: inference, then (if given) the same requests through the gateway (with an
     API key), the trivial endpoint and a Redis GET. Inference's metrics are scraped around
@@ -1062,7 +1117,10 @@ async def latency_section(
 
     async def window(load: Load, rate: float, jobs: list[Job]) -> None:
         nonlocal last
+        pid = (pids or {}).get(load.port) if isinstance(load, HttpLoad) else None
+        cpu = CpuSample.take(pid)
         row = await measure(load, rate, options.seconds, jobs)
+        row |= cpu_between(cpu, CpuSample.take(pid), row["ok"])
         now = await scrape(http, updater)
         row["feature_freshness"] = freshness_between(last, now)
         last = now
@@ -1174,6 +1232,7 @@ async def saturation(
     users: list[str] | None,
     rates: list[float],
     folder: Path,
+    pid: int | None = None,
 ) -> dict[str, Any]:
     """Rising offered rates until one misses p99 <= 50 ms with < 0.1 % errors."""
     steps: list[dict[str, Any]] = []
@@ -1183,6 +1242,7 @@ async def saturation(
               flush=True)  # fmt: skip
         count = int(rate * options.saturation_seconds)
         seed = options.seed * 1000 + 900 + n
+        cpu = CpuSample.take(pid)
         if options.saturation_generator == "vegeta":
             paths = (
                 ["/healthz"] * count
@@ -1201,6 +1261,7 @@ async def saturation(
                 jobs = recommendation_jobs(load, users, count, options.unknown_share, seed)
             row = await measure(load, rate, options.saturation_seconds, jobs)
             row["generator"] = "python (asyncio, raw sockets)"
+        row |= cpu_between(cpu, CpuSample.take(pid), row["ok"])  # recovery included, if any
         steps.append(row)
         if not row["passes"]:
             break
@@ -1292,6 +1353,7 @@ async def _run_benchmark(
         gc.freeze()
         print(f"background ingest: {options.ingest_rate:,.0f} events/s ...", flush=True)
         await background.start(cat_a.users, cat_a.items, options.seed)
+        pids = {s.port: s.pid() for s in (inference, gateway, stack.trivial)}
         section_a = await latency_section(
             options,
             http,
@@ -1303,16 +1365,17 @@ async def _run_benchmark(
             options.rates,
             "a",
             gateway.port,
+            pids,
         )
         sat_inference = await saturation(
             options, inference.port, "inference a", cat_a.users,
             saturation_rates(options.saturation_rates, section_a["rows"], "inference a"),
-            stack.home / "vegeta",
+            stack.home / "vegeta", pids[inference.port],
         )  # fmt: skip
         sat_trivial = await saturation(
             options, stack.trivial.port, "trivial endpoint", None,
             saturation_rates(options.saturation_rates, section_a["rows"], "trivial endpoint"),
-            stack.home / "vegeta",
+            stack.home / "vegeta", pids[stack.trivial.port],
         )  # fmt: skip
         wrk: dict[str, Any] = {}
         if not options.no_wrk:
@@ -1365,6 +1428,7 @@ async def _run_benchmark(
                 cat_b.users,
                 options.rates_100k,
                 "b",
+                pids={inference_b.port: inference_b.pid()},
             )
             load_b = background.stop()
         for row in section_b["rows"]:
@@ -1433,7 +1497,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print(
         f"{'target':<20}{'rate':>7}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>9}{'err':>6}"
         f"{'t/o':>6}{'achieved':>10}{'lag p99':>9}{'ingest ev/s':>12}{'recover s':>10}"
-        f"{'fresh p99<=':>12}"
+        f"{'fresh p99<=':>12}{'cpu µs/ok':>10}{'busy':>6}{'users/read':>11}"
     )
     for r in rows:
         print(
@@ -1444,6 +1508,9 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
             f"{_cell(r.get('ingest_events_per_s'), 12, ',.0f')}"
             f"{_cell(r.get('recovery_s'), 10, '.1f')}"
             f"{_cell((r.get('feature_freshness') or {}).get('p99_le_s'), 12, 'g')}"
+            f"{_cell(r.get('server_cpu_us_per_ok'), 10, ',.0f')}"
+            f"{_cell(r.get('machine_busy'), 6, '.2f')}"
+            f"{_cell((r.get('feature_freshness') or {}).get('users_per_feature_read'), 11, '.2f')}"
         )
 
 

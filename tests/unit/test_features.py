@@ -13,6 +13,7 @@ import pytest
 from inference.config import InferenceSettings
 from inference.features import (
     RESCALE_AFTER_HALF_LIVES,
+    CoalescedUserReads,
     FeatureBatch,
     FeatureEvent,
     FeatureStore,
@@ -310,3 +311,72 @@ async def test_a_replay_of_old_data_decays_by_event_time(store: FeatureStore) ->
     popular = await store.popular(5, set())
     assert [item for item, _ in popular] == ["i2", "i1"]
     assert dict(popular) == pytest.approx({"i2": 1.0, "i1": 0.5})
+
+
+# ------------------------------------------------------------------- coalesced serving reads
+
+
+class CountingStore:
+    """A FeatureStore's batch read, counted, optionally failing or slow."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self.calls: list[list[str]] = []
+        self.error: Exception | None = None
+        self.delay_s = 0.0
+
+    async def users_features(self, user_ids: list[str], counts: bool) -> list[UserFeatures]:
+        self.calls.append(list(user_ids))
+        await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        return await self.store.users_features(user_ids, counts)
+
+
+async def test_reads_in_one_loop_turn_share_one_redis_call(store: FeatureStore) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(*(ev(f"i{n}", T0 + n, user=f"u{n}") for n in range(5))))
+    counting = CountingStore(store)
+    registry = CollectorRegistry()
+    reads = CoalescedUserReads(counting, registry, max_batch=3)  # type: ignore[arg-type]
+    users = [f"u{n}" for n in range(5)] + ["nobody"]
+    got = await asyncio.gather(*(reads.user_features(user) for user in users))
+    # Six waiters in one turn: batches of at most three, every user answered with their own.
+    assert counting.calls == [users[:3], users[3:]]
+    assert [f.recent for f in got] == [[f"i{n}"] for n in range(5)] + [[]]
+    assert all(f.counts == {} for f in got)  # the serving read leaves the counts out
+    # The batch read gives what the one-user read gives.
+    assert [await store.user_features(user, counts=False) for user in users] == got
+    # A later turn is a new batch.
+    assert (await reads.user_features("u1")).recent == ["i1"]
+    assert counting.calls[-1] == ["u1"]
+    sizes = "inference_feature_read_batch_size"
+    assert registry.get_sample_value(f"{sizes}_count") == 3
+    assert registry.get_sample_value(f"{sizes}_sum") == 7
+
+
+async def test_a_failed_batch_fails_each_waiter_and_a_timed_out_waiter_leaves_the_rest(
+    store: FeatureStore,
+) -> None:
+    counting = CountingStore(store)
+    reads = CoalescedUserReads(counting, CollectorRegistry())  # type: ignore[arg-type]
+    counting.error = RedisConnectionError("down")
+    results = await asyncio.gather(
+        reads.user_features("a"), reads.user_features("b"), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [RedisConnectionError, RedisConnectionError]
+    assert counting.calls == [["a", "b"]]
+
+    counting.error, counting.delay_s = None, 0.05
+
+    async def impatient() -> UserFeatures:
+        async with asyncio.timeout(0.01):
+            return await reads.user_features("a")
+
+    late, patient = await asyncio.gather(
+        impatient(), reads.user_features("b"), return_exceptions=True
+    )
+    assert isinstance(late, TimeoutError)
+    assert isinstance(patient, UserFeatures)
+    assert counting.calls[-1] == ["a", "b"]
+    await reads.stop()

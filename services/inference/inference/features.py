@@ -43,6 +43,7 @@ skipped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import Counter
@@ -52,6 +53,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
@@ -73,6 +75,7 @@ TRENDING_POOL_MAX = 2000
 MAX_WATCH_ATTEMPTS = 20
 
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
+_USER_KINDS = ("recent", "seen", "counts")
 
 # The pool of the most active items in the short window with their long-term scores, plus the
 # landmark and clock: one round trip. ZMSCORE in chunks (Lua's unpack has a stack limit).
@@ -90,14 +93,18 @@ end
 return {top, long, redis.call('MGET', KEYS[3], KEYS[4])}
 """
 
-# A user's features, read on every recommendation: one script rather than a pipeline of two or
-# three commands, since redis-py's Python cost per command and per pipeline (~20 µs more for the
-# pipeline) is far above Redis's own work here. KEYS: recent, seen, counts; ARGV[1]: '1' to read
-# the counts too.
-_USER_READ = """
-local reply = {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('ZREVRANGE', KEYS[2], 0, -1)}
-if ARGV[1] == '1' then reply[3] = redis.call('HGETALL', KEYS[3]) end
-return reply
+# Users' features, read on every recommendation: one script for a whole batch of users (see
+# ``CoalescedUserReads``) rather than a pipeline of commands per user, since redis-py's Python
+# cost per command and per call (and a syscall each way) is far above Redis's own work here.
+# KEYS: (recent, seen, counts) per user; ARGV[1]: '1' to read the counts too.
+_USERS_READ = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  local reply = {redis.call('LRANGE', KEYS[i], 0, -1), redis.call('ZREVRANGE', KEYS[i + 1], 0, -1)}
+  if ARGV[1] == '1' then reply[3] = redis.call('HGETALL', KEYS[i + 2]) end
+  out[#out + 1] = reply
+end
+return out
 """
 
 # The writes of a batch, inside its MULTI: three calls instead of one command per key, since
@@ -254,7 +261,7 @@ class FeatureStore:
         self.clock_key = f"{p}features:clock"
         self.offsets_key = f"{p}features:offsets"
         self._trending_read = redis.register_script(_TRENDING_READ)
-        self._user_read = redis.register_script(_USER_READ)
+        self._users_read = redis.register_script(_USERS_READ)
 
     def user_key(self, user_id: str, kind: str) -> str:
         return f"{self.prefix}u:{user_id}:{kind}"
@@ -407,15 +414,24 @@ class FeatureStore:
         return result
 
     async def user_features(self, user_id: str, counts: bool = True) -> UserFeatures:
-        """One command; ``counts=False`` (the serving path) leaves the type counts out."""
-        keys = [self.user_key(user_id, kind) for kind in ("recent", "seen", "counts")]
-        replies = await self._user_read(keys=keys, args=[int(counts)])
-        pairs = replies[2] if counts else []
-        return UserFeatures(
-            recent=_texts(replies[0]),
-            seen=_texts(replies[1]),
-            counts={_text(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
-        )
+        """One user's features; ``counts=False`` leaves the type counts out."""
+        return (await self.users_features([user_id], counts))[0]
+
+    async def users_features(self, user_ids: Sequence[str], counts: bool) -> list[UserFeatures]:
+        """Several users' features in one command (in order)."""
+        keys = [self.user_key(user, kind) for user in user_ids for kind in _USER_KINDS]
+        replies = await self._users_read(keys=keys, args=[int(counts)])
+        out = []
+        for reply in replies:
+            pairs = reply[2] if counts else []
+            out.append(
+                UserFeatures(
+                    recent=_texts(reply[0]),
+                    seen=_texts(reply[1]),
+                    counts={_text(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
+                )
+            )
+        return out
 
     async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
         """Top ``k`` by decayed popularity (weighted events, decayed to the newest event time)."""
@@ -459,3 +475,73 @@ class FeatureStore:
         if landmark_raw is None or clock_raw is None:
             return 1.0
         return math.exp2(-(int(clock_raw) - int(landmark_raw)) / half_life_ms)
+
+
+class CoalescedUserReads:
+    """The serving read of user features, coalesced: the requests that ask in the same turn of
+    the event loop share one Redis call (``FeatureStore.users_features``, no counts).
+
+    Under load several requests wait for their features at once; one call for all of them
+    saves, per request, most of redis-py's cost per command and a syscall each way, in this
+    process and in Redis. At low load a batch is one request, delayed by one loop turn. A
+    request that stops waiting (its timeout) leaves the others' answers alone.
+    """
+
+    def __init__(
+        self, store: FeatureStore, registry: CollectorRegistry, max_batch: int = 64
+    ) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.batch_sizes = Histogram(
+            "inference_feature_read_batch_size",
+            "Users per coalesced feature read (one Redis call).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
+        self._waiting: list[tuple[str, asyncio.Future[UserFeatures]]] = []
+        self._reads: set[asyncio.Task[None]] = set()  # a reference until done (asyncio's rule)
+
+    async def user_features(self, user_id: str) -> UserFeatures:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[UserFeatures] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush)  # after the requests already due in this turn
+        self._waiting.append((user_id, future))
+        return await future
+
+    async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        return await self.store.popular(k, exclude)
+
+    async def trending(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        return await self.store.trending(k, exclude)
+
+    def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), self.max_batch):
+            batch = waiting[start : start + self.max_batch]
+            self.batch_sizes.observe(len(batch))
+            task = asyncio.create_task(self._read(batch))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _read(self, batch: list[tuple[str, asyncio.Future[UserFeatures]]]) -> None:
+        try:
+            found = await self.store.users_features([user for user, _ in batch], counts=False)
+        except BaseException as error:  # every waiter gets the failure (cancelled: cancelled)
+            for _, future in batch:
+                if not future.done():
+                    if isinstance(error, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (_, future), features in zip(batch, found, strict=True):
+            if not future.done():  # a waiter that timed out has cancelled its future
+                future.set_result(features)
+
+    async def stop(self) -> None:
+        """Wait for the reads in flight (their waiters are served or fail as they come)."""
+        if self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)

@@ -21,7 +21,7 @@ from streamrec_shared.redis import build_redis
 from inference.api import hot, router
 from inference.catalog import ItemCatalog
 from inference.config import InferenceSettings
-from inference.features import FeatureStore
+from inference.features import CoalescedUserReads, FeatureStore
 from inference.models import ModelHolder, ModelMetrics
 from inference.recommender import Recommender
 from inference.state import InferenceState
@@ -39,7 +39,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         await producer.start(wait_s=2)
         http = httpx.AsyncClient(base_url=settings.trainer_url, timeout=10)
         holder = ModelHolder(settings, http, ModelMetrics(registry))
-        features = FeatureStore(redis, settings)
+        features = CoalescedUserReads(FeatureStore(redis, settings), registry)
         catalog = ItemCatalog(redis, settings.redis.key_prefix)
         recommender = Recommender(holder, features, catalog, settings.feature_timeout_s, registry)
         updater = FeatureUpdater(settings, redis, producer, registry)
@@ -58,6 +58,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             if settings.run_feature_updater:
                 await updater.stop()
             await recommender.stop()
+            await features.stop()
             await holder.stop()
             await catalog.stop()
             await http.aclose()

@@ -36,7 +36,8 @@ class UserFeaturesLike(Protocol):
 
 
 class FeatureSource(Protocol):
-    async def user_features(self, user_id: str, counts: bool = True) -> UserFeaturesLike: ...
+    async def user_features(self, user_id: str) -> UserFeaturesLike:
+        """The serving read: recent and seen items (``CoalescedUserReads``)."""
 
     async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]: ...
 
@@ -111,7 +112,7 @@ class Recommender:
         try:
             # asyncio.timeout, not wait_for: no extra task per request on the hot path.
             async with asyncio.timeout(self.feature_timeout_s):
-                features = await self.features.user_features(user_id, counts=False)
+                features = await self.features.user_features(user_id)
         except (RedisError, OSError, TimeoutError):
             features = None
         if features is None:
