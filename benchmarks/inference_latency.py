@@ -44,6 +44,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from httpx_aiohttp import AiohttpTransport
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -577,45 +579,70 @@ def recommendation_jobs(
     ]
 
 
+GENERATOR = "generator (this process, vegeta)"
+
+
+def _process_cpu_s(pid: int, ticks: int, children: bool = True) -> float:
+    """A process's CPU seconds, and its live children's (uvicorn's workers, when it has some).
+    After the command's ")" in ``/proc/<pid>/stat``, state is field 3, so utime (14) and stime
+    (15) sit at 11 and 12."""
+    live = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if children else []
+    used = 0.0
+    for one in (pid, *map(int, live)):
+        stat = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        used += (int(stat[11]) + int(stat[12])) / ticks
+    return used
+
+
 @dataclass(frozen=True)
 class CpuSample:
-    """CPU seconds so far (Linux ``/proc``): one process's, and the whole machine's."""
+    """CPU seconds so far (Linux ``/proc``): each named process's, the load generator's (this
+    process and its finished children: vegeta, wrk) and the whole machine's."""
 
-    process_s: float | None
+    processes: dict[str, float]
     machine_busy_s: float
     machine_total_s: float
 
     @classmethod
-    def take(cls, pid: int | None) -> CpuSample:
+    def take(cls, pids: dict[str, int | None]) -> CpuSample:
         ticks = os.sysconf("SC_CLK_TCK")
-        process_s = None
-        if pid is not None:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                # The process and its children (uvicorn's workers, when it has some). After the
-                # command's ")": state is field 3, so utime (14) and stime (15) sit at 11 and 12.
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-                process_s = 0.0
-                for one in (pid, *map(int, children)):
-                    stat = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
-                    process_s += (int(stat[11]) + int(stat[12])) / ticks
+        processes = {}
+        for name, pid in pids.items():
+            if pid is not None:
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    processes[name] = _process_cpu_s(pid, ticks)
+        # Its finished children only: the background load is a live one, counted by its name.
+        finished = resource.getrusage(resource.RUSAGE_CHILDREN)
+        processes[GENERATOR] = (
+            _process_cpu_s(os.getpid(), ticks, children=False)
+            + finished.ru_utime
+            + finished.ru_stime
+        )
         cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = cpu[3] + cpu[4]  # idle + iowait
-        return cls(process_s, (sum(cpu) - idle) / ticks, sum(cpu) / ticks)
+        return cls(processes, (sum(cpu) - idle) / ticks, sum(cpu) / ticks)
 
 
-def cpu_between(before: CpuSample, after: CpuSample, ok: int) -> dict[str, Any]:
-    """The measured server's CPU per answered request, and how busy the machine was (0-1 of
-    all its cores): the figure that says whether a window was short of CPU, not of software."""
+def cpu_between(before: CpuSample, after: CpuSample, ok: int, server: str | None) -> dict[str, Any]:
+    """How busy the machine was (0-1 of all its cores), each process's CPU seconds, and the
+    measured server's CPU per answered request: whether a window was short of CPU or of
+    software, and where the CPU went."""
     total = after.machine_total_s - before.machine_total_s
+    used = {
+        name: round(after.processes[name] - before.processes[name], 2)
+        for name in after.processes
+        if name in before.processes
+    }
     out: dict[str, Any] = {
         "machine_busy": round((after.machine_busy_s - before.machine_busy_s) / total, 3)
         if total > 0
-        else None
+        else None,
+        "machine_cpus": os.cpu_count(),
+        "cpu_s_by_process": used,
     }
-    if before.process_s is not None and after.process_s is not None:
-        used = after.process_s - before.process_s
-        out["server_cpu_s"] = round(used, 2)
-        out["server_cpu_us_per_ok"] = round(used / ok * 1e6) if ok else None
+    if server is not None and server in used:
+        out["server_cpu_s"] = used[server]
+        out["server_cpu_us_per_ok"] = round(used[server] / ok * 1e6) if ok else None
     return out
 
 
@@ -700,7 +727,6 @@ async def _background_ingest(
     acks: list[tuple[float, int]] = []
     request_s: list[float] = []
     failed = [0, 0]  # requests, events
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
 
     async def post(client: httpx.AsyncClient, events: list[dict[str, str]]) -> None:
         sent = time.monotonic()
@@ -719,7 +745,10 @@ async def _background_ingest(
         failed[1] += len(events) - stored
         acks.append((time.time(), stored))
 
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
+    # aiohttp under the httpx API, as in the gateway: httpx's own async transport cost ~2 ms of
+    # CPU per POST, a tenth of a core taken from the services being measured.
+    transport = AiohttpTransport()
+    async with httpx.AsyncClient(base_url=url, timeout=10, transport=transport) as client:
         ready.set()
         interval = batch / rate
         began = time.monotonic()
@@ -800,6 +829,10 @@ class Background:
         if not await asyncio.to_thread(ready.wait, 60):
             raise RuntimeError("the background ingest load did not start")
         await asyncio.sleep(1.0)  # its first batches in before anything is measured
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.is_alive() else None
 
     def stop(self) -> dict[str, Any] | None:
         if self.process is None:
@@ -915,6 +948,11 @@ class Stack:
     trivial: ServiceServer
     env: dict[str, str]
     servers: list[ManagedProcess]
+
+    def pids(self, background: Background) -> dict[str, int | None]:
+        """Every process of the stack by name (stopped ones: None), the background load's too."""
+        pids = {server.name: server.pid() for server in self.servers}
+        return pids | {"background ingest": background.pid}
 
     def updater(self) -> ModuleServer:
         """The feature updater as its own process (the production layout): it never shares an
@@ -1105,7 +1143,8 @@ async def latency_section(
     rates: list[float],
     label: str,
     gateway_port: int | None = None,
-    pids: dict[int, int | None] | None = None,
+    pids: dict[str, int | None] | None = None,
+    names: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """Each rate: inference, then (if given) the same requests through the gateway (with an
     API key), the trivial endpoint and a Redis GET. Inference's metrics are scraped around
@@ -1117,10 +1156,10 @@ async def latency_section(
 
     async def window(load: Load, rate: float, jobs: list[Job]) -> None:
         nonlocal last
-        pid = (pids or {}).get(load.port) if isinstance(load, HttpLoad) else None
-        cpu = CpuSample.take(pid)
+        server = (names or {}).get(load.port) if isinstance(load, HttpLoad) else None
+        cpu = CpuSample.take(pids or {})
         row = await measure(load, rate, options.seconds, jobs)
-        row |= cpu_between(cpu, CpuSample.take(pid), row["ok"])
+        row |= cpu_between(cpu, CpuSample.take(pids or {}), row["ok"], server)
         now = await scrape(http, updater)
         row["feature_freshness"] = freshness_between(last, now)
         last = now
@@ -1181,7 +1220,10 @@ def vegeta_window(
     subprocess.run(
         [str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={rate:.0f}/1s",
          f"-duration={options.saturation_seconds}s", f"-timeout={options.timeout_s}s",
-         f"-max-connections={options.connections}", f"-output={results}"],
+         f"-max-connections={options.connections}", f"-output={results}",
+         # Bodies are not kept in the results file: the status and timing are what is read,
+         # and encoding every body cost the generator CPU that the server shares.
+         "-max-body=0"],
         check=True, capture_output=True,
         # One OS thread, like the asyncio generator: on two cores a second one takes CPU
         # from the server it measures.
@@ -1232,7 +1274,8 @@ async def saturation(
     users: list[str] | None,
     rates: list[float],
     folder: Path,
-    pid: int | None = None,
+    pids: dict[str, int | None] | None = None,
+    server: str | None = None,
 ) -> dict[str, Any]:
     """Rising offered rates until one misses p99 <= 50 ms with < 0.1 % errors."""
     steps: list[dict[str, Any]] = []
@@ -1242,7 +1285,7 @@ async def saturation(
               flush=True)  # fmt: skip
         count = int(rate * options.saturation_seconds)
         seed = options.seed * 1000 + 900 + n
-        cpu = CpuSample.take(pid)
+        cpu = CpuSample.take(pids or {})
         if options.saturation_generator == "vegeta":
             paths = (
                 ["/healthz"] * count
@@ -1261,7 +1304,7 @@ async def saturation(
                 jobs = recommendation_jobs(load, users, count, options.unknown_share, seed)
             row = await measure(load, rate, options.saturation_seconds, jobs)
             row["generator"] = "python (asyncio, raw sockets)"
-        row |= cpu_between(cpu, CpuSample.take(pid), row["ok"])  # recovery included, if any
+        row |= cpu_between(cpu, CpuSample.take(pids or {}), row["ok"], server)  # with recovery
         steps.append(row)
         if not row["passes"]:
             break
@@ -1353,7 +1396,8 @@ async def _run_benchmark(
         gc.freeze()
         print(f"background ingest: {options.ingest_rate:,.0f} events/s ...", flush=True)
         await background.start(cat_a.users, cat_a.items, options.seed)
-        pids = {s.port: s.pid() for s in (inference, gateway, stack.trivial)}
+        pids = stack.pids(background)
+        names = {s.port: s.name for s in (inference, gateway, stack.trivial)}
         section_a = await latency_section(
             options,
             http,
@@ -1366,16 +1410,17 @@ async def _run_benchmark(
             "a",
             gateway.port,
             pids,
+            names,
         )
         sat_inference = await saturation(
             options, inference.port, "inference a", cat_a.users,
             saturation_rates(options.saturation_rates, section_a["rows"], "inference a"),
-            stack.home / "vegeta", pids[inference.port],
+            stack.home / "vegeta", pids, inference.name,
         )  # fmt: skip
         sat_trivial = await saturation(
             options, stack.trivial.port, "trivial endpoint", None,
             saturation_rates(options.saturation_rates, section_a["rows"], "trivial endpoint"),
-            stack.home / "vegeta", pids[stack.trivial.port],
+            stack.home / "vegeta", pids, stack.trivial.name,
         )  # fmt: skip
         wrk: dict[str, Any] = {}
         if not options.no_wrk:
@@ -1428,7 +1473,8 @@ async def _run_benchmark(
                 cat_b.users,
                 options.rates_100k,
                 "b",
-                pids={inference_b.port: inference_b.pid()},
+                pids=stack.pids(background),
+                names={inference_b.port: inference_b.name},
             )
             load_b = background.stop()
         for row in section_b["rows"]:
@@ -1514,6 +1560,20 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
         )
 
 
+def print_cpu(title: str, rows: list[dict[str, Any]]) -> None:
+    """Where the CPU went in each window: cores used per process (CPU seconds / window)."""
+    print(f"\n{title}")
+    for r in rows:
+        used = r.get("cpu_s_by_process")
+        if not used:
+            continue
+        cores = sorted(((s / r["seconds"], name) for name, s in used.items()), reverse=True)
+        shown = ", ".join(f"{name} {c:.2f}" for c, name in cores if c >= 0.01)
+        busy = r.get("machine_busy")
+        total = f"{busy * (r.get('machine_cpus') or 1):.2f}" if busy is not None else "-"
+        print(f"  {r['target']} at {r['offered_rps']:,.0f} req/s: {total} cores busy: {shown}")
+
+
 def report(results: dict[str, Any]) -> None:
     a = results["catalogue_a"]
     print_table(
@@ -1522,6 +1582,11 @@ def report(results: dict[str, Any]) -> None:
         a["latency"],
     )
     print_table("saturation (inference)", a["saturation"]["inference"]["steps"])
+    print_cpu(
+        "CPU by process, cores (inference windows)",
+        [r for r in a["latency"] if r["target"] == "inference a"]
+        + a["saturation"]["inference"]["steps"],
+    )
     print_table(
         "saturation (trivial endpoint, same generator)",
         a["saturation"]["trivial_endpoint"]["steps"],

@@ -89,6 +89,7 @@ def inference(data: dict[str, Any]) -> list[str]:
         f"{wrk['trivial']['requests_per_s']:,.0f} "
         f"({_ratio(wrk['inference']['requests_per_s'], wrk['trivial']['requests_per_s'])}).",
     ]
+    lines += _cpu_lines(saturation["inference"].get("steps", []))
     b = data.get("catalogue_b")
     if b:
         cells = ", ".join(
@@ -103,6 +104,24 @@ def inference(data: dict[str, Any]) -> list[str]:
             f"Feature freshness (ingest 202 → visible in Redis, histogram bucket bounds) during "
             f"the load: p50 ≤ {fresh['p50_le_s'] * 1000:.0f} ms, p99 ≤ "
             f"{fresh['p99_le_s'] * 1000:.0f} ms over {fresh['events']:,} events."
+        )
+    return lines
+
+
+def _cpu_lines(steps: list[dict[str, Any]]) -> list[str]:
+    """Where the CPU went at each saturation step (cores used per process), when recorded."""
+    lines = []
+    for step in steps:
+        used = step.get("cpu_s_by_process")
+        if not used or step.get("machine_busy") is None:
+            continue
+        cores = sorted(((v / step["seconds"], k) for k, v in used.items()), reverse=True)
+        shown = ", ".join(f"{name} {c:.2f}" for c, name in cores if c >= 0.05)
+        busy = step["machine_busy"] * (step.get("machine_cpus") or 1)
+        lines.append(
+            f"At {step['offered_rps']:,.0f} req/s ({'passes' if step['passes'] else 'fails'}): "
+            f"inference {step.get('server_cpu_us_per_ok') or 0:,} µs of CPU per answer; "
+            f"{busy:.2f} of {step.get('machine_cpus') or 1} cores busy ({shown})."
         )
     return lines
 

@@ -65,3 +65,29 @@ def test_saturation_is_the_benchmarks_verdict_over_every_window() -> None:
     }
     text = "\n".join(inference(data))
     assert "p99 <= 50 ms): 1,000 req/s, 1,500 fails (trivial endpoint 4,000)" in text
+
+
+def test_cpu_lines_say_where_the_cpu_went_at_each_saturation_step() -> None:
+    step = window("inference a", 2000.0, 2.5, 71.0) | {
+        "seconds": 5.0,
+        "passes": False,
+        "machine_busy": 0.82,
+        "machine_cpus": 2,
+        "server_cpu_us_per_ok": 338,
+        "cpu_s_by_process": {"inference": 3.4, "generator": 1.8, "trainer": 0.1},
+    }
+    data = {
+        "catalogue_a": {
+            "latency": [],
+            "saturation": {"inference": {"steps": [step]}, "trivial_endpoint": {}},
+            "wrk_closed_loop": {
+                "inference": {"requests_per_s": 1.0},
+                "trivial": {"requests_per_s": 2.0},
+            },
+        },
+    }
+    text = "\n".join(inference(data))
+    assert (
+        "At 2,000 req/s (fails): inference 338 µs of CPU per answer; 1.64 of 2 cores busy "
+        "(inference 0.68, generator 0.36)." in text
+    )
