@@ -333,12 +333,12 @@ class CountingStore:
         return await self.store.users_features(user_ids, counts)
 
 
-async def test_reads_in_one_loop_turn_share_one_redis_call(store: FeatureStore) -> None:
+async def test_reads_waiting_together_share_one_redis_call(store: FeatureStore) -> None:
     stream = Stream()
     await store.apply(stream.batch(*(ev(f"i{n}", T0 + n, user=f"u{n}") for n in range(5))))
     counting = CountingStore(store)
     registry = CollectorRegistry()
-    reads = CoalescedUserReads(counting, registry, max_batch=3)  # type: ignore[arg-type]
+    reads = CoalescedUserReads(counting, registry, 1.0, max_batch=3)  # type: ignore[arg-type]
     users = [f"u{n}" for n in range(5)] + ["nobody"]
     got = await asyncio.gather(*(reads.user_features(user) for user in users))
     # Six waiters in one turn: batches of at most three, every user answered with their own.
@@ -359,7 +359,7 @@ async def test_a_failed_batch_fails_each_waiter_and_a_timed_out_waiter_leaves_th
     store: FeatureStore,
 ) -> None:
     counting = CountingStore(store)
-    reads = CoalescedUserReads(counting, CollectorRegistry())  # type: ignore[arg-type]
+    reads = CoalescedUserReads(counting, CollectorRegistry(), 1.0)  # type: ignore[arg-type]
     counting.error = RedisConnectionError("down")
     results = await asyncio.gather(
         reads.user_features("a"), reads.user_features("b"), return_exceptions=True
@@ -380,3 +380,34 @@ async def test_a_failed_batch_fails_each_waiter_and_a_timed_out_waiter_leaves_th
     assert isinstance(patient, UserFeatures)
     assert counting.calls[-1] == ["a", "b"]
     await reads.stop()
+
+
+async def test_requests_arriving_while_a_read_is_out_go_together_in_the_next(
+    store: FeatureStore,
+) -> None:
+    counting = CountingStore(store)
+    counting.delay_s = 0.02
+    reads = CoalescedUserReads(counting, CollectorRegistry(), 1.0)  # type: ignore[arg-type]
+    first = asyncio.create_task(reads.user_features("a"))
+    await asyncio.sleep(0.005)  # "a" is out
+    later = [asyncio.create_task(reads.user_features(u)) for u in ("b", "c", "d")]
+    await asyncio.sleep(0)
+    assert counting.calls == [["a"]]  # one call at a time: b, c and d wait for it
+    await asyncio.gather(first, *later)
+    assert counting.calls == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_hung_read_is_abandoned_after_its_timeout_and_frees_the_slot(
+    store: FeatureStore,
+) -> None:
+    counting = CountingStore(store)
+    counting.delay_s = 10.0  # a connection that never answers
+    reads = CoalescedUserReads(counting, CollectorRegistry(), 0.05)  # type: ignore[arg-type]
+    hung = asyncio.create_task(reads.user_features("a"))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(reads.user_features("b"))
+    with pytest.raises(TimeoutError):
+        await hung
+    counting.delay_s = 0.0
+    assert isinstance(await waiting, UserFeatures)  # the next call went once the slot was free
+    assert counting.calls == [["a"], ["b"]]

@@ -1,6 +1,6 @@
 """The shortcuts of inference's hot path give what the general code gives.
 
-Single-user scoring against the batch scorer, the member decoding against one-by-one decoding,
+Single-user scoring against the batch scorer, the item lists the read script joins split back,
 and ``ServiceApp``'s direct dispatch against what Starlette's stack does for the same route.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from fastapi import APIRouter, Request
-from inference.features import _texts
+from inference.features import _members
 from inference.models import ServedModel
 from starlette.responses import Response
 from streamrec_shared.app import always_ready, service_app
@@ -63,11 +63,11 @@ def test_single_user_scores_equal_the_batch_scorer(seed: int, recent: list[str])
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_members_are_decoded_as_one_by_one() -> None:
-    members = [b"i1", "é".encode(), b"a:b c"]
-    assert _texts(members) == ["i1", "é", "a:b c"]
-    assert _texts([]) == []
-    assert _texts(["already", "text"]) == ["already", "text"]
+def test_members_joined_by_the_script_are_split_back() -> None:
+    assert _members("\0".join(["i1", "é", "a:b c"]).encode()) == ["i1", "é", "a:b c"]
+    assert _members(b"") == []  # an empty list: no member, not one empty one
+    assert _members(b"single") == ["single"]
+    assert _members("already\0text") == ["already", "text"]
 
 
 def hot_app() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:

@@ -39,7 +39,9 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         await producer.start(wait_s=2)
         http = httpx.AsyncClient(base_url=settings.trainer_url, timeout=10)
         holder = ModelHolder(settings, http, ModelMetrics(registry))
-        features = CoalescedUserReads(FeatureStore(redis, settings), registry)
+        features = CoalescedUserReads(
+            FeatureStore(redis, settings), registry, settings.feature_timeout_s
+        )
         catalog = ItemCatalog(redis, settings.redis.key_prefix)
         recommender = Recommender(holder, features, catalog, settings.feature_timeout_s, registry)
         updater = FeatureUpdater(settings, redis, producer, registry)
