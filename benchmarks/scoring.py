@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights  # noqa: E402
+from streamrec_shared.ranking import top_k  # noqa: E402
 
 DIM, LENGTH, K = 64, 20, 10
 
@@ -73,8 +74,7 @@ def measure(items: int, calls: int) -> dict[str, dict[str, float]]:
 
     def numpy_top_k(history: np.ndarray) -> object:
         scores = scorer.scores(scorer.user_vectors(history))[0]
-        top = np.argpartition(-scores, K)[:K]
-        return top[np.argsort(-scores[top])]
+        return top_k(scores, K)  # the service's top-K
 
     item_in = tf.constant(w.item_in)
     item_out = tf.constant(w.item_out)

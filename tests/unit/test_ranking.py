@@ -7,7 +7,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
-from streamrec_shared.ranking import rank_metrics, target_ranks, tied_ranks
+from streamrec_shared.ranking import rank_metrics, target_ranks, tied_ranks, top_k
 
 
 def f32(rows: list[list[float]]) -> npt.NDArray[np.float32]:
@@ -144,3 +144,26 @@ def test_a_tie_across_the_cutoff_counts_partly() -> None:
     assert metrics["hr@10"] == pytest.approx(0.5)
     assert metrics["ndcg@10"] == pytest.approx(0.5 / np.log2(11))
     assert rank_metrics(np.array([np.inf]), ties=np.array([0.0]))["hr@10"] == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 7, 1682, 30_000, 100_000])
+@pytest.mark.parametrize("k", [1, 10, 100, 200_000])
+def test_top_k_is_the_full_sort_s_head(n: int, k: int) -> None:
+    rng = np.random.default_rng(n + k)
+    # Ties (rounded values) and excluded items (-inf), as the recommender's scores have.
+    scores = np.round(rng.normal(size=n), 2).astype(np.float32)
+    scores[rng.choice(n, n // 10, replace=False)] = -np.inf
+    top = top_k(scores, k)
+    assert len(top) == min(k, n)
+    assert len(set(top.tolist())) == len(top)
+    expected = np.sort(scores)[::-1][: len(top)]
+    np.testing.assert_array_equal(scores[top], expected)  # the same values, highest first
+
+
+def test_top_k_of_a_flat_or_mostly_excluded_catalogue() -> None:
+    flat = np.zeros(50_000, dtype=np.float32)
+    assert len(top_k(flat, 10)) == 10
+    excluded = np.full(50_000, -np.inf, dtype=np.float32)
+    excluded[[3, 40_000]] = [1.0, 2.0]
+    assert top_k(excluded, 2).tolist() == [40_000, 3]
+    assert top_k(excluded, 0).tolist() == []

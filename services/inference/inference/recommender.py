@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
+from streamrec_shared.ranking import top_k
 from streamrec_shared.tasks import BackgroundTask
 
 from inference.catalog import ItemCatalog
@@ -178,9 +179,7 @@ class Recommender:
             lookup = map(model.scorer.rows.get, excluded, itertools.repeat(-1))
             rows = np.fromiter(lookup, dtype=np.intp, count=len(excluded))
             scores[rows[rows >= 0]] = -np.inf
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top])]
+        top = top_k(scores, k)
         ids = model.scorer.weights.item_ids
         return [
             (ids[row], score)
@@ -198,7 +197,6 @@ class Recommender:
         k = min(k, len(similarity) - 1)
         if k <= 0:
             return []
-        top = np.argpartition(-similarity, k - 1)[:k]
-        top = top[np.argsort(-similarity[top])]
+        top = top_k(similarity, k)
         ids = model.scorer.weights.item_ids
         return [(ids[r], float(similarity[r])) for r in top if np.isfinite(similarity[r])]
