@@ -27,7 +27,8 @@ MEMBERS=(shared services/ingest services/trainer services/inference services/gat
 STAMP=.venv/.streamrec-installed
 digest=$( { cat "$LOCK" "${MEMBERS[@]/%//pyproject.toml}"; echo "${MEMBERS[*]}"; } | sha256sum)
 if [ ! -x .venv/bin/python ]; then
-  "$TOOLS/bin/uv" venv --quiet --python 3.11 --prompt streamrec .venv
+  # The machine's Python 3.11: uv must not try to download one (only the registries are reachable).
+  UV_PYTHON_DOWNLOADS=never "$TOOLS/bin/uv" venv --quiet --python 3.11 --prompt streamrec .venv
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" = "$digest" ]; then
   echo "bootstrap: python environment (.venv) up to date with $LOCK"
