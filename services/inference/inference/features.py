@@ -484,12 +484,12 @@ class CoalescedUserReads:
     """The serving read of user features, coalesced: requests that wait for features at the
     same time share one Redis call (``FeatureStore.users_features``, no counts).
 
-    At most ``max_in_flight`` calls are out at once; requests that arrive meanwhile wait and go
-    together in the next call. Each call costs, in this process and in Redis, a syscall each way
-    and redis-py's cost per command, far more than its content: under load the batches grow by
-    themselves, at low load a request goes at once (one loop turn later). A call abandoned after
-    ``timeout_s`` frees its slot (a hung connection never holds the others back); a request that
-    stops waiting (its own timeout) leaves the others' answers alone.
+    One call is out at a time; requests that arrive meanwhile wait and go together in the next.
+    Each call costs, in this process and in Redis, a syscall each way and redis-py's cost per
+    command, far more than its content: under load the batches grow by themselves, at low load
+    a request goes at once (one loop turn later). A call abandoned after ``timeout_s`` lets the
+    next one go (a hung connection never holds the others back); a request that stops waiting
+    (its own timeout) leaves the others' answers alone.
     """
 
     def __init__(
@@ -498,12 +498,10 @@ class CoalescedUserReads:
         registry: CollectorRegistry,
         timeout_s: float,
         max_batch: int = 64,
-        max_in_flight: int = 1,
     ) -> None:
         self.store = store
         self.timeout_s = timeout_s
         self.max_batch = max_batch
-        self.max_in_flight = max_in_flight
         self.batch_sizes = Histogram(
             "inference_feature_read_batch_size",
             "Users per coalesced feature read (one Redis call).",
@@ -511,8 +509,7 @@ class CoalescedUserReads:
             registry=registry,
         )
         self._waiting: list[tuple[str, asyncio.Future[UserFeatures]]] = []
-        self._in_flight = 0
-        self._scheduled = False
+        self._busy = False  # a call is scheduled or out
         self._reads: set[asyncio.Task[None]] = set()  # a reference until done (asyncio's rule)
 
     async def user_features(self, user_id: str) -> UserFeatures:
@@ -529,21 +526,21 @@ class CoalescedUserReads:
         return await self.store.trending(k, exclude)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._waiting and not self._scheduled and self._in_flight < self.max_in_flight:
-            self._scheduled = True
+        if self._waiting and not self._busy:
+            self._busy = True
             loop.call_soon(self._flush)  # after the requests already due in this turn
 
     def _flush(self) -> None:
-        self._scheduled = False
-        while self._waiting and self._in_flight < self.max_in_flight:
-            batch = [w for w in self._waiting[: self.max_batch] if not w[1].done()]
-            del self._waiting[: self.max_batch]
-            if batch:  # (those who stopped waiting are not read)
-                self._in_flight += 1
-                self.batch_sizes.observe(len(batch))
-                task = asyncio.create_task(self._read(batch))
-                self._reads.add(task)
-                task.add_done_callback(self._reads.discard)
+        # Those who stopped waiting (their own timeout) are not read.
+        waiting = [w for w in self._waiting if not w[1].done()]
+        batch, self._waiting = waiting[: self.max_batch], waiting[self.max_batch :]
+        if not batch:
+            self._busy = False
+            return
+        self.batch_sizes.observe(len(batch))
+        task = asyncio.create_task(self._read(batch))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
 
     async def _read(self, batch: list[tuple[str, asyncio.Future[UserFeatures]]]) -> None:
         try:
@@ -560,7 +557,7 @@ class CoalescedUserReads:
                 raise
             return
         finally:
-            self._in_flight -= 1
+            self._busy = False
             self._schedule(asyncio.get_running_loop())
         for (_, future), features in zip(batch, found, strict=True):
             if not future.done():  # a waiter that timed out has cancelled its future
