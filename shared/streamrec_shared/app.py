@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import time
@@ -127,7 +128,7 @@ def frozen_after_start(lifespan: Lifespan | None) -> Lifespan:
 
     @asynccontextmanager
     async def frozen(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan(app) if lifespan is not None else _nothing():
+        async with lifespan(app) if lifespan is not None else contextlib.nullcontext():
             gc.collect()
             gc.freeze()
             try:
@@ -136,11 +137,6 @@ def frozen_after_start(lifespan: Lifespan | None) -> Lifespan:
                 gc.unfreeze()
 
     return frozen
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
 
 
 def always_ready(_: FastAPI) -> Probe:

@@ -33,8 +33,10 @@ def top_k(scores: npt.NDArray[np.floating], k: int) -> npt.NDArray[np.intp]:
         if len(candidates) > n // 4:  # a flat or mostly excluded array: no gain
             candidates = None
     pool = scores if candidates is None else scores[candidates]
-    best = np.argpartition(pool, len(pool) - k)[len(pool) - k :] if k < len(pool) else None
-    best = np.arange(len(pool)) if best is None else best
+    if k < len(pool):
+        best = np.argpartition(pool, len(pool) - k)[len(pool) - k :]
+    else:
+        best = np.arange(len(pool))
     best = best[np.argsort(-pool[best], kind="stable")]
     return best if candidates is None else candidates[best]
 
