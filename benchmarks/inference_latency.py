@@ -82,6 +82,7 @@ from streamrec_shared.settings import KafkaSettings, RedisSettings, TopicSetting
 
 from benchmarks.infra import start_infrastructure  # noqa: E402
 from benchmarks.model_freshness import log_problems, shown  # noqa: E402
+from benchmarks.report import cpu_cores  # noqa: E402
 from benchmarks.wrk import run_wrk  # noqa: E402
 
 MOVIELENS = REPO.parent / "shared" / "datasets" / "ml-100k" / "u.data"
@@ -1561,17 +1562,12 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 
 def print_cpu(title: str, rows: list[dict[str, Any]]) -> None:
-    """Where the CPU went in each window: cores used per process (CPU seconds / window)."""
+    """Where the CPU went in each window (``benchmarks.report.cpu_cores``)."""
     print(f"\n{title}")
     for r in rows:
-        used = r.get("cpu_s_by_process")
-        if not used:
-            continue
-        cores = sorted(((s / r["seconds"], name) for name, s in used.items()), reverse=True)
-        shown = ", ".join(f"{name} {c:.2f}" for c, name in cores if c >= 0.01)
-        busy = r.get("machine_busy")
-        total = f"{busy * (r.get('machine_cpus') or 1):.2f}" if busy is not None else "-"
-        print(f"  {r['target']} at {r['offered_rps']:,.0f} req/s: {total} cores busy: {shown}")
+        cores = cpu_cores(r, at_least=0.01)
+        if cores is not None:
+            print(f"  {r['target']} at {r['offered_rps']:,.0f} req/s: {cores}")
 
 
 def report(results: dict[str, Any]) -> None:

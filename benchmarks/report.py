@@ -108,21 +108,29 @@ def inference(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cpu_cores(window: dict[str, Any], at_least: float) -> str | None:
+    """Where the CPU went in a window: cores busy of all, then cores used per process (CPU
+    seconds over the window's length), biggest first; None when the window has no record."""
+    used = window.get("cpu_s_by_process")
+    if not used or window.get("machine_busy") is None:
+        return None
+    cpus = window.get("machine_cpus") or 1
+    cores = sorted(((v / window["seconds"], k) for k, v in used.items()), reverse=True)
+    shown = ", ".join(f"{name} {c:.2f}" for c, name in cores if c >= at_least)
+    return f"{window['machine_busy'] * cpus:.2f} of {cpus} cores busy ({shown})"
+
+
 def _cpu_lines(steps: list[dict[str, Any]]) -> list[str]:
-    """Where the CPU went at each saturation step (cores used per process), when recorded."""
+    """A line per saturation step: inference's CPU per answer and where the CPU went."""
     lines = []
     for step in steps:
-        used = step.get("cpu_s_by_process")
-        if not used or step.get("machine_busy") is None:
-            continue
-        cores = sorted(((v / step["seconds"], k) for k, v in used.items()), reverse=True)
-        shown = ", ".join(f"{name} {c:.2f}" for c, name in cores if c >= 0.05)
-        busy = step["machine_busy"] * (step.get("machine_cpus") or 1)
-        lines.append(
-            f"At {step['offered_rps']:,.0f} req/s ({'passes' if step['passes'] else 'fails'}): "
-            f"inference {step.get('server_cpu_us_per_ok') or 0:,} µs of CPU per answer; "
-            f"{busy:.2f} of {step.get('machine_cpus') or 1} cores busy ({shown})."
-        )
+        cores = cpu_cores(step, at_least=0.05)
+        if cores is not None:
+            lines.append(
+                f"At {step['offered_rps']:,.0f} req/s "
+                f"({'passes' if step['passes'] else 'fails'}): inference "
+                f"{step.get('server_cpu_us_per_ok') or 0:,} µs of CPU per answer; {cores}."
+            )
     return lines
 
 
