@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-inference clean
+.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-inference clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench-trainer: setup ## Trainer throughput from Kafka vs in-memory tensors (real
 bench-scoring: setup ## Scoring one user: NumPy vs tf.function vs Keras predict
 	@$(PY) benchmarks/scoring.py
 
+bench-feature-read: setup ## Serving feature read on a real Redis: joined lists vs a member per item, 1 and 4 users a call
+	@$(PY) benchmarks/feature_read.py
+
 bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
 	@$(PY) benchmarks/model_freshness.py
 
@@ -64,4 +67,4 @@ bench-report: ## One report (benchmarks/results/REPORT.md) from the benchmarks' 
 	@$(PY) benchmarks/report.py
 
 bench: setup ## Every benchmark in turn, then the report
-	@$(MAKE) --no-print-directory bench-ingest bench-trainer bench-freshness bench-scoring bench-inference bench-eval bench-report
+	@$(MAKE) --no-print-directory bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-inference bench-eval bench-report
