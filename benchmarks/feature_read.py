@@ -1,9 +1,10 @@
 """The serving read of user features against a real redis-server: CPU per user, in Redis and here.
 
-Inference reads each request's recent and seen items with one Lua script
-(``inference.features._USERS_READ``), which joins each list into one string, and batches the
-users of concurrent requests into one call (``CoalescedUserReads``). The baseline, measured in
-the same run on the same keys, is the script as it was before: one reply member per item.
+Inference reads each request's recent and seen items as one string per user that the feature
+writes keep ready (``FeatureStore.users_features``: an MGET of ``u:{user}:serving``), and batches
+the users of concurrent requests into one call (``CoalescedUserReads``). The baselines, measured
+in the same run on the same data, are the read scripts it replaced: one that joined each list
+into one string at every read, and before it one that answered a reply member per item.
 Each variant is read for batches of 1 and 4 users (sequential calls, one connection);
 the figures are Redis's CPU (``/proc``) and this process's CPU per user read.
 
@@ -26,19 +27,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from inference.config import InferenceSettings  # noqa: E402
-from inference.features import FeatureStore  # noqa: E402
+from inference.features import FeatureBatch, FeatureEvent, FeatureStore  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from streamrec_dev.servers import RedisServer, free_port  # noqa: E402
 from streamrec_shared.settings import RedisSettings  # noqa: E402
 
 USERS, SEEN, RECENT, CALLS = 200, 300, 50, 4000
 
-# The read before the lists were joined: a reply member per item, joined here instead.
+# The first read script: a reply member per item, joined here instead.
 PER_MEMBER_READ = """
 local out = {}
 for i = 1, #KEYS, 3 do
   out[#out + 1] = {redis.call('LRANGE', KEYS[i], 0, -1),
                    redis.call('ZREVRANGE', KEYS[i + 1], 0, -1)}
+end
+return out
+"""
+
+
+# The read script before the serving strings: each list joined into one string at every read.
+JOINED_READ = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  out[#out + 1] = {table.concat(redis.call('LRANGE', KEYS[i], 0, -1), '\\0'),
+                   table.concat(redis.call('ZREVRANGE', KEYS[i + 1], 0, -1), '\\0')}
 end
 return out
 """
@@ -67,29 +79,51 @@ async def measure(
 
 
 async def run(server: RedisServer) -> dict[str, dict[str, float]]:
-    settings = InferenceSettings(redis=RedisSettings(url=server.url, key_prefix="bench:"))
+    settings = InferenceSettings(
+        redis=RedisSettings(url=server.url, key_prefix="bench:"),
+        recent_items=RECENT,
+        max_seen_items=SEEN,
+    )
     redis = Redis.from_url(server.url)
     store = FeatureStore(redis, settings)
-    for n in range(USERS):
-        user = f"u{n}"
-        await redis.rpush(store.user_key(user, "recent"), *[f"i{i}" for i in range(RECENT)])
-        await redis.zadd(store.user_key(user, "seen"), {f"i{i}": i for i in range(SEEN)})
+    # The lists written through the store itself, so the serving strings are as in production.
+    batch = FeatureBatch(
+        "events",
+        [
+            FeatureEvent(f"u{n}", f"i{i}", "click", 1.0, 1_000 + i, 0.0)
+            for n in range(USERS)
+            for i in range(SEEN)
+        ],
+        {0: 0},
+        {0: USERS * SEEN},
+    )
+    await store.apply(batch)
     per_member = redis.register_script(PER_MEMBER_READ)
+    joined_script = redis.register_script(JOINED_READ)
 
-    async def baseline(users: list[str]) -> object:
-        keys = [store.user_key(u, kind) for u in users for kind in ("recent", "seen", "counts")]
-        replies = await per_member(keys=keys)
+    def keys(users: list[str]) -> list[str]:
+        return [store.user_key(u, kind) for u in users for kind in ("recent", "seen", "counts")]
+
+    async def per_member_read(users: list[str]) -> object:
         return [[b"\0".join(r[0]).decode().split("\0"), b"\0".join(r[1]).decode().split("\0")]
-                for r in replies]  # fmt: skip
+                for r in await per_member(keys=keys(users))]  # fmt: skip
 
-    async def joined(users: list[str]) -> object:
-        return await store.users_features(users, counts=False)
+    async def joined_read(users: list[str]) -> object:
+        return [[r[0].decode().split("\0"), r[1].decode().split("\0")]
+                for r in await joined_script(keys=keys(users))]  # fmt: skip
+
+    async def serving_read(users: list[str]) -> object:
+        return await store.users_features(users)
 
     pid = server.pid()
     assert pid is not None
     results = {}
     for batch in (1, 4):
-        for name, read in (("per_member", baseline), ("joined", joined)):
+        for name, read in (
+            ("per_member", per_member_read),
+            ("joined", joined_read),
+            ("serving", serving_read),
+        ):
             results[f"{name}_batch_{batch}"] = await measure(read, batch, pid)
     await redis.aclose()
     return results

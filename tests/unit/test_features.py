@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -87,6 +88,26 @@ async def test_recent_is_newest_first_and_trimmed(store: FeatureStore) -> None:
     # A batch longer than the list keeps only its newest items.
     await store.apply(stream.batch(*(ev(f"x{i}", T0 + 10 + i) for i in range(5))))
     assert (await store.user_features("u")).recent == ["x4", "x3", "x2"]
+
+
+async def test_the_serving_string_follows_the_lists_it_is_read_instead_of(
+    redis: fakeredis.FakeAsyncRedis, store: FeatureStore
+) -> None:
+    stream = Stream()
+    rng = random.Random(3)
+    for step in range(30):
+        events = [
+            ev(f"i{rng.randrange(8)}", T0 + step * 10 + n, rng.choice(["click", "view", "dislike"]),
+               user=rng.choice(["u", "v"]))
+            for n in range(rng.randrange(1, 6))
+        ]  # fmt: skip
+        await store.apply(stream.batch(*events))
+        for user in ("u", "v"):
+            read = (await store.users_features([user]))[0]
+            recent = await redis.lrange(store.user_key(user, "recent"), 0, -1)
+            seen = await redis.zrevrange(store.user_key(user, "seen"), 0, -1)
+            assert read.recent == [item.decode() for item in recent]
+            assert read.seen == [item.decode() for item in seen]
 
 
 async def test_seen_keeps_the_most_recently_seen(store: FeatureStore) -> None:
@@ -199,6 +220,27 @@ async def test_a_concurrent_writer_is_detected(store: FeatureStore) -> None:
     assert (await store.user_features("u")).counts == {"click": 2}
 
 
+async def test_a_writer_with_a_stale_landmark_scores_against_the_stored_one(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    # Two stores on one Redis (a restarted updater, or two of them): each computes item scores
+    # against the landmark it last saw, and the script refuses a stale one.
+    first, second = FeatureStore(redis, settings()), FeatureStore(redis, settings())
+    stream = Stream()
+    await first.apply(stream.batch(ev("a", T0)))
+    await second.apply(stream.batch(ev("b", T0 + HOUR_MS)))  # second has never seen T0
+    assert int(await redis.get(first.landmark_key)) == T0
+    assert dict(await first.popular(10, set())) == pytest.approx({"a": 0.5, "b": 1.0})
+    # first moves the landmark (a rescale); second, still on T0, is corrected again.
+    later = T0 + int((RESCALE_AFTER_HALF_LIVES + 10) * 600_000)
+    await first.apply(stream.batch(ev("c", later)))
+    await second.apply(stream.batch(ev("d", later + HOUR_MS)))
+    assert int(await redis.get(first.landmark_key)) == later
+    scores = dict(await first.popular(10, set()))
+    assert scores["d"] == pytest.approx(1.0)
+    assert scores["c"] == pytest.approx(0.5)
+
+
 async def test_popular_and_trending_exclude(store: FeatureStore) -> None:
     stream = Stream()
     # "steady" has been popular for a day; "rising" only in the last minutes, a bit less often.
@@ -232,7 +274,7 @@ async def test_clear_deletes_only_feature_keys(
     others = ["t:items:meta", "t:items:meta:version", "t:dedup:e1", "other:u:x:recent"]
     for key in others:
         await redis.set(key, "1")
-    assert await store.clear() == 1500 * 3 + 5
+    assert await store.clear() == 1500 * 4 + 5  # recent, seen, counts, serving
     assert sorted(k.decode() for k in await redis.keys("*")) == sorted(others)
     assert await store.positions(TOPIC) == {}
     # A prefix with glob characters matches only itself.
@@ -325,12 +367,12 @@ class CountingStore:
         self.error: Exception | None = None
         self.delay_s = 0.0
 
-    async def users_features(self, user_ids: list[str], counts: bool) -> list[UserFeatures]:
+    async def users_features(self, user_ids: list[str]) -> list[UserFeatures]:
         self.calls.append(list(user_ids))
         await asyncio.sleep(self.delay_s)
         if self.error is not None:
             raise self.error
-        return await self.store.users_features(user_ids, counts)
+        return await self.store.users_features(user_ids)
 
 
 async def test_reads_waiting_together_share_one_redis_call(store: FeatureStore) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from fastapi import APIRouter, Request
-from inference.features import _members
+from inference.features import UserFeatures, _serving
 from inference.models import ServedModel
 from starlette.responses import Response
 from streamrec_shared.app import always_ready, service_app
@@ -63,11 +63,13 @@ def test_single_user_scores_equal_the_batch_scorer(seed: int, recent: list[str])
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_members_joined_by_the_script_are_split_back() -> None:
-    assert _members("\0".join(["i1", "é", "a:b c"]).encode()) == ["i1", "é", "a:b c"]
-    assert _members(b"") == []  # an empty list: no member, not one empty one
-    assert _members(b"single") == ["single"]
-    assert _members("already\0text") == ["already", "text"]
+def test_serving_strings_are_split_back() -> None:
+    joined = "\0".join(["i1", "é", "a:b c"]) + "\x01" + "\0".join(["s", "t"])
+    assert _serving(joined.encode()) == UserFeatures(["i1", "é", "a:b c"], ["s", "t"])
+    assert _serving(b"\x01") == UserFeatures()  # empty lists: no member, not one empty one
+    assert _serving(b"single\x01") == UserFeatures(["single"], [])
+    assert _serving("\x01already\0text") == UserFeatures([], ["already", "text"])
+    assert _serving(None) == UserFeatures()  # a user never seen
 
 
 def hot_app() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:

@@ -73,9 +73,18 @@ class Holder:
         self.current = model
 
 
-def recommender(model: ServedModel | None, features: FakeFeatures) -> Recommender:
+def recommender(
+    model: ServedModel | None, features: FakeFeatures, popularity_cache_s: float = 0.0
+) -> Recommender:
     catalog = ItemCatalog(redis=None, prefix="t:")  # type: ignore[arg-type]
-    return Recommender(Holder(model), features, catalog, 0.05, CollectorRegistry())  # type: ignore[arg-type]
+    return Recommender(
+        Holder(model),  # type: ignore[arg-type]
+        features,
+        catalog,
+        0.05,
+        CollectorRegistry(),
+        popularity_cache_s=popularity_cache_s,
+    )
 
 
 async def test_personalised_scores_follow_the_model_and_exclude_seen() -> None:
@@ -100,6 +109,26 @@ async def test_unknown_user_and_no_model_get_popularity_or_trending() -> None:
     assert no_model.fallback == "popularity"
     assert no_model.model_version is None
     assert [i for i, _ in no_model.items] == ["i4", "i1"]
+
+
+async def test_popularity_comes_from_the_copy_in_memory_while_it_is_fresh() -> None:
+    features = FakeFeatures()
+    chain = recommender(served(), features, popularity_cache_s=0.2)
+    await chain._refresh_memory_once()
+    features.popularity = [("i1", 9.0)]  # Redis moved on; the copy has not yet
+    fresh = await chain.recommend("nobody", 2, exclude=["i2"])
+    assert (fresh.fallback, [i for i, _ in fresh.items]) == ("popularity", ["i4", "i1"])
+    # A copy that cannot fill k (it holds the whole list here) still answers alone.
+    assert [i for i, _ in (await chain.recommend("nobody", 5)).items] == ["i2", "i4", "i1"]
+    await asyncio.sleep(0.25)  # older than popularity_cache_s: Redis again
+    stale = await chain.recommend("nobody", 2)
+    assert (stale.fallback, stale.items) == ("popularity", [("i1", 9.0)])
+    # Never from the copy when asked not to cache (the default), nor for trending.
+    uncached = recommender(served(), features)
+    uncached._memory_popular = [("i4", 1.0)]
+    uncached._memory_popular_at = asyncio.get_running_loop().time()
+    assert (await uncached.recommend("nobody", 1)).items == [("i1", 9.0)]
+    assert (await chain.recommend("nobody", 1, trending=True)).items == [("i3", 2.0)]
 
 
 @pytest.mark.parametrize("failure", ["down", "slow"])

@@ -39,6 +39,12 @@ class InferenceSettings(BaseSettings):
     feature_timeout_s: float = Field(
         default=0.02, gt=0, le=5, description="Budget for the Redis feature read of a request."
     )
+    popularity_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Popularity for users without history from a copy this young (0: Redis).",
+    )
 
     # --- features (Redis) -----------------------------------------------------------------
     run_feature_updater: bool = Field(

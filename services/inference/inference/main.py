@@ -43,7 +43,14 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             FeatureStore(redis, settings), registry, settings.feature_timeout_s
         )
         catalog = ItemCatalog(redis, settings.redis.key_prefix)
-        recommender = Recommender(holder, features, catalog, settings.feature_timeout_s, registry)
+        recommender = Recommender(
+            holder,
+            features,
+            catalog,
+            settings.feature_timeout_s,
+            registry,
+            popularity_cache_s=settings.popularity_cache_s,
+        )
         updater = FeatureUpdater(settings, redis, producer, registry)
         stream = StreamInference(settings, recommender, producer)
         await catalog.start()

@@ -7,8 +7,8 @@ check can never swallow an event that Kafka did not store.
 
 Throughput: every request needs a claim and a confirmation, and redis-py costs tens of
 microseconds per command. So one flusher task coalesces the work of all concurrent requests into
-a single pipeline per round trip (confirmations and releases first, then claims, each as one
-Lua call over many keys). One flusher also means one ordered stream of commands: a confirmation
+a single Lua call per round trip (confirmations and releases first, then claims, over many
+keys). One flusher also means one ordered stream of commands: a confirmation
 always reaches Redis before a later claim of the same id.
 """
 
@@ -33,31 +33,29 @@ PENDING = b"pending"
 # cost more than the Redis work itself. (Event ids cannot contain newlines: see the schema.) The
 # keys are therefore not declared in KEYS: the store needs a standalone Redis, not a cluster.
 #
-# claim: SET NX GET per id; per id the previous value, "" when the id was free.
-_CLAIM = """
-local out = {}
-local n = 0
-for id in string.gmatch(ARGV[3], "[^\\n]+") do
-  n = n + 1
-  out[n] = redis.call('SET', ARGV[1] .. id, 'pending', 'NX', 'GET', 'EX', ARGV[2]) or ''
+# One script per flush, so a flush is one round trip (EVALSHA; a pipeline of scripts costs
+# redis-py a SCRIPT EXISTS round trip first on every execute). In order: confirmations ("id value"
+# lines; only keys still claimed are confirmed (XX), so an expired claim stays forgotten), then
+# releases (only pending claims are deleted: a stored key is never removed by a late failure),
+# then claims (SET NX GET per id); the reply has per claimed id the previous value, "" when the
+# id was free.
+# ARGV: prefix, window s, pending TTL s, confirmations, releases, claims.
+_FLUSH = """
+local prefix = ARGV[1]
+for id, value in string.gmatch(ARGV[4], "([^ \\n]+) ([^\\n]+)") do
+  redis.call('SET', prefix .. id, value, 'XX', 'EX', ARGV[2])
 end
-return table.concat(out, "\\n")
-"""
-# confirm: "id value" lines; only keys still claimed are confirmed (XX), so an expired claim
-# stays forgotten.
-_CONFIRM = """
-for id, value in string.gmatch(ARGV[3], "([^ \\n]+) ([^\\n]+)") do
-  redis.call('SET', ARGV[1] .. id, value, 'XX', 'EX', ARGV[2])
-end
-return 1
-"""
-# release: only pending claims are deleted; a stored key is never removed by a late failure.
-_RELEASE = """
-for id in string.gmatch(ARGV[2], "[^\\n]+") do
-  local key = ARGV[1] .. id
+for id in string.gmatch(ARGV[5], "[^\\n]+") do
+  local key = prefix .. id
   if redis.call('GET', key) == 'pending' then redis.call('DEL', key) end
 end
-return 1
+local out = {}
+local n = 0
+for id in string.gmatch(ARGV[6], "[^\\n]+") do
+  n = n + 1
+  out[n] = redis.call('SET', prefix .. id, 'pending', 'NX', 'GET', 'EX', ARGV[3]) or ''
+end
+return table.concat(out, "\\n")
 """
 
 
@@ -84,9 +82,7 @@ class DedupStore:
         self._prefix = f"{key_prefix}dedup:"
         self._window_s = window_s
         self._pending_ttl_s = pending_ttl_s
-        self._claim_script = redis.register_script(_CLAIM)
-        self._confirm_script = redis.register_script(_CONFIRM)
-        self._release_script = redis.register_script(_RELEASE)
+        self._flush_script = redis.register_script(_FLUSH)
         self._claims: list[tuple[Sequence[str], asyncio.Future[list[Claim]]]] = []
         self._confirms: list[str] = []
         self._releases: list[str] = []
@@ -161,22 +157,19 @@ class DedupStore:
         releases: list[str],
     ) -> None:
         ids = [event_id for batch, _ in claims for event_id in batch]
-        # As a context manager, the pipeline gives its connection back even when Redis fails.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if confirms:
-                await self._confirm_script(
-                    args=[self._prefix, self._window_s, "\n".join(confirms)], client=pipe
-                )
-            if releases:
-                await self._release_script(args=[self._prefix, "\n".join(releases)], client=pipe)
-            if ids:
-                await self._claim_script(
-                    args=[self._prefix, self._pending_ttl_s, "\n".join(ids)], client=pipe
-                )
-            results = await pipe.execute()
+        reply = await self._flush_script(
+            args=[
+                self._prefix,
+                self._window_s,
+                self._pending_ttl_s,
+                "\n".join(confirms),
+                "\n".join(releases),
+                "\n".join(ids),
+            ]
+        )
         if not ids:
             return
-        previous = results[-1].split(b"\n")
+        previous = reply.split(b"\n")
         start = 0
         for batch, future in claims:
             if not future.done():
