@@ -155,8 +155,10 @@ async def test_follow_run_publishes_again_and_new_items_become_recommendable(
     assert response.status_code == 202, response.text
     run_id = response.json()["run_id"]
     await produce(trainer_settings.kafka, topics.events, chain_events(40, 20, 30))
+    # 800 events, about a tenth held out for the gate (a random share: 106 were seen once, so
+    # "at least 700" failed; held-out events reach the next version, and none follows here).
     first = await wait_for(
-        trainer, "/v1/specs/chain/versions/latest", lambda v: v["events_trained"] >= 700
+        trainer, "/v1/specs/chain/versions/latest", lambda v: v["events_trained"] >= 640
     )
     assert "n0" not in scorer_of(trainer_settings, first).rows
 
