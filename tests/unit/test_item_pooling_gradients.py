@@ -15,7 +15,9 @@ from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.model.item_pooling import Batch, ItemPoolingModel
 
 
-def reference_step(model: ItemPoolingModel, batch: Batch, negatives: np.ndarray) -> float:
+def reference_step(
+    model: ItemPoolingModel, batch: Batch, negatives: np.ndarray, exact: bool
+) -> float:
     """One step the straightforward way: tape gradients of the gathered rows, then Adagrad."""
     hp = model.hp
     size = len(batch)
@@ -35,6 +37,8 @@ def reference_step(model: ItemPoolingModel, batch: Batch, negatives: np.ndarray)
         pooled = tf.einsum("bl,bld->bd", attention, embedded)
         users = tf.matmul(pooled, model.projection) + model.projection_bias
         scores = tf.matmul(users, rows_out, transpose_b=True) + bias_out[None, :]
+        if hp.mask_history and exact:
+            scores += history_mask(batch, out_rows.numpy())
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=out_index[:size], logits=scores
         )
@@ -61,6 +65,17 @@ def reference_step(model: ItemPoolingModel, batch: Batch, negatives: np.ndarray)
     return float(loss)
 
 
+def history_mask(batch: Batch, out_rows: np.ndarray) -> np.ndarray:
+    """−1e9 at each example's history items (its target excepted), as columns of ``out_rows``."""
+    column = {int(row): index for index, row in enumerate(out_rows)}
+    mask = np.zeros((len(batch), len(out_rows)), dtype=np.float32)
+    for example, (items, target) in enumerate(zip(batch.history, batch.target, strict=True)):
+        for item in items:
+            if item >= 0 and item != target:
+                mask[example, column[int(item)]] -= 1e9
+    return mask
+
+
 def random_batch(rng: np.random.Generator, size: int, length: int, items: int) -> Batch:
     history = rng.integers(0, items, size=(size, length)).astype(np.int32)
     # Ragged histories (padding -1 at the end), one empty one.
@@ -78,6 +93,9 @@ CASES = {
     "tied": {"tie_embeddings": True},
     "sampled": {"sampled_negatives": 32},
     "sampled-tied-l2": {"sampled_negatives": 32, "tie_embeddings": True, "l2": 0.01},
+    "masked-tied": {"mask_history": True, "tie_embeddings": True},
+    # The mask applies to the exact softmax only: a sampled step is the plain one.
+    "masked-sampled": {"mask_history": True, "sampled_negatives": 32},
 }
 
 
@@ -96,7 +114,7 @@ def test_hand_written_step_matches_the_tape_and_textbook_adagrad(case: str, size
         # the other model's generator, in the same state.
         negatives = reference.negatives(items)
         loss = fused.train(batch, items)
-        expected = reference_step(reference, batch, negatives)
+        expected = reference_step(reference, batch, negatives, items <= hp.sampled_negatives)
         assert loss == pytest.approx(expected, rel=1e-5)
     for name, got, want in [
         ("item_in", fused.item_in, reference.item_in),

@@ -49,6 +49,10 @@ class ItemPoolingHyperparameters(_Strict):
             " (better on sparse, session-like data such as MovieLens; half the memory)."
         ),
     )
+    mask_history: bool = Field(
+        default=False,
+        description="Leave each example's history items out of its softmax (exact softmax only).",
+    )
     initial_capacity: int = Field(
         default=1024, ge=16, le=10_000_000, description="Item rows before the first doubling."
     )

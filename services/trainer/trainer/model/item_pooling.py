@@ -265,7 +265,21 @@ class ItemPoolingModel:
         """Exact softmax over every item (rows ``0..items-1``): labels are the target rows."""
         rows_out = self.item_out[:items]
         bias_out = self.item_bias[:items]
-        return self._update(history, target, weight, tf.range(items), rows_out, bias_out, real)
+        return self._update(
+            history, target, weight, tf.range(items), rows_out, bias_out, real, exact=True
+        )
+
+    @staticmethod
+    def _mask_history(logits: tf.Tensor, history: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """The example's own history items out of its softmax (not its target): items a user
+        already touched are never recommended to them, so they are not negatives to learn."""
+        batch, length = tf.shape(history)[0], tf.shape(history)[1]
+        rows = tf.repeat(tf.range(batch), length)
+        flat = tf.reshape(history, [-1])
+        masked = (flat >= 0) & (flat != tf.repeat(labels, length))
+        indices = tf.stack([rows, tf.maximum(flat, 0)], 1)
+        updates = tf.where(masked, -1e9, 0.0)
+        return tf.tensor_scatter_nd_add(logits, indices, updates)
 
     def _update(
         self,
@@ -276,6 +290,7 @@ class ItemPoolingModel:
         rows_out: tf.Tensor,
         bias_out: tf.Tensor,
         real: tf.Tensor,
+        exact: bool = False,
     ) -> tf.Tensor:
         """Loss and hand-written gradients of the rows a step touches, then sparse Adagrad.
 
@@ -296,8 +311,10 @@ class ItemPoolingModel:
         users_1 = tf.concat([users, tf.ones([batch, 1])], 1)
         rows_bias = tf.concat([rows_out, bias_out[:, None]], 1)
         logits = tf.matmul(users_1, rows_bias, transpose_b=True)
-        probabilities = tf.nn.softmax(logits)
         pairs = tf.stack([tf.range(batch), labels], 1)
+        if self.hp.mask_history and exact:
+            logits = self._mask_history(logits, history, labels)
+        probabilities = tf.nn.softmax(logits)
         losses = _cross_entropy(logits, probabilities, pairs)
         share = weight / tf.maximum(tf.reduce_sum(weight), 1e-12)
         loss = tf.reduce_sum(losses * share)
