@@ -14,6 +14,7 @@ import pytest
 from inference.config import InferenceSettings
 from inference.features import (
     RESCALE_AFTER_HALF_LIVES,
+    SCHEMA_VERSION,
     CoalescedUserReads,
     FeatureBatch,
     FeatureEvent,
@@ -108,6 +109,25 @@ async def test_the_serving_string_follows_the_lists_it_is_read_instead_of(
             seen = await redis.zrevrange(store.user_key(user, "seen"), 0, -1)
             assert read.recent == [item.decode() for item in recent]
             assert read.seen == [item.decode() for item in seen]
+
+
+async def test_a_store_of_the_previous_schema_is_migrated_once(
+    redis: fakeredis.FakeAsyncRedis, store: FeatureStore
+) -> None:
+    # What version 1 wrote: the lists, no serving strings, no schema key.
+    await redis.rpush(store.user_key("old", "recent"), "b", "a")
+    await redis.zadd(store.user_key("old", "seen"), {"a": 1, "b": 2})
+    assert (await store.users_features(["old"]))[0] == UserFeatures()
+    assert await store.migrate() == 1
+    assert (await store.users_features(["old"]))[0] == UserFeatures(["b", "a"], ["b", "a"])
+    assert int(await redis.get(store.schema_key)) == SCHEMA_VERSION
+    assert await store.migrate() == 0  # marked: not again
+    # An empty store (the updater migrates before its first write) is only marked.
+    fresh = FeatureStore(redis, settings(redis=RedisSettings(key_prefix="fresh:")))
+    assert await fresh.migrate() == 0
+    await fresh.apply(Stream().batch(ev("x", T0)))
+    assert await fresh.migrate() == 0
+    assert int(await redis.get(fresh.schema_key)) == SCHEMA_VERSION
 
 
 async def test_seen_keeps_the_most_recently_seen(store: FeatureStore) -> None:

@@ -15,6 +15,7 @@ Schema (``p`` is ``RedisSettings.key_prefix``):
 | ``{p}features:landmark`` | STRING | landmark of the forward decay (event time, ms) |
 | ``{p}features:clock`` | STRING | newest event time applied (ms): "now" for decayed values |
 | ``{p}features:offsets`` | HASH | ``{topic}:{partition}`` → next offset applied |
+| ``{p}features:schema`` | STRING | the schema version written (``SCHEMA_VERSION``) |
 
 **Forward decay** (Cormode et al.): an event of weight ``w`` at time ``t`` adds
 ``w · 2^((t − L)/h)`` to its item, for a fixed landmark ``L``. The true decayed value at time
@@ -67,6 +68,8 @@ from inference.config import InferenceSettings
 log = logging.getLogger(__name__)
 
 # 2^500 ≈ 3e150: far from the float limit (1.8e308) even summed over millions of events.
+# 2: per-user ``serving`` strings (``migrate`` writes them for a store of version 1).
+SCHEMA_VERSION = 2
 RESCALE_AFTER_HALF_LIVES = 500.0
 # After a rescale, scores below this (a single event 64 half-lives old) are dropped.
 PRUNE_BELOW = 2.0**-64
@@ -95,6 +98,16 @@ end
 return {top, long, redis.call('MGET', KEYS[3], KEYS[4])}
 """
 
+# A user's serving string from their lists (``base`` is ``{p}u:{user}:``): one definition for the
+# writes and for the migration of a store written before the strings existed.
+_SERVING_LUA = """
+local function write_serving(base)
+  redis.call('SET', base .. 'serving',
+             table.concat(redis.call('LRANGE', base .. 'recent', 0, -1), '\\0') .. '\\1' ..
+             table.concat(redis.call('ZREVRANGE', base .. 'seen', 0, -1), '\\0'))
+end
+"""
+
 # The writes of a batch, atomically, in one round trip: four (WATCH, two reads, MULTI/EXEC) cost
 # the updater and Redis a syscall each way and redis-py's Python per command, far more than the
 # writes themselves. The user keys are not declared in KEYS (a standalone Redis, as for ingest's
@@ -108,7 +121,9 @@ return {top, long, redis.call('MGET', KEYS[3], KEYS[4])}
 # m × (item, long increment, short increment); then prefix, recent_items, max_seen_items and per
 # user: user, n, n items (oldest first), m, m × (item, event ms), c, c × (event type, count).
 # Reply: {'ok'}, {'conflict', {field, stored, ...}} or {'landmark', stored landmark}.
-_APPLY_BATCH = """
+_APPLY_BATCH = (
+    _SERVING_LUA
+    + """
 local i = 7
 local n = tonumber(ARGV[i])
 local partitions = i + 1
@@ -166,11 +181,7 @@ while i <= #ARGV do
     redis.call('ZREMRANGEBYRANK', key, 0, -(keep_seen + 1))
   end
   i = i + 2 * n
-  if changed then
-    redis.call('SET', base .. 'serving',
-               table.concat(redis.call('LRANGE', base .. 'recent', 0, -1), '\\0') .. '\\1' ..
-               table.concat(redis.call('ZREVRANGE', base .. 'seen', 0, -1), '\\0'))
-  end
+  if changed then write_serving(base) end
   n = tonumber(ARGV[i])
   i = i + 1
   local key = base .. 'counts'
@@ -182,6 +193,17 @@ for j = partitions, partitions + 3 * tonumber(ARGV[7]) - 1, 3 do
 end
 return {'ok'}
 """
+)
+
+
+# KEYS: users' ``seen`` keys; writes each one's serving string.
+_MIGRATE_SERVING = (
+    _SERVING_LUA
+    + """
+for _, key in ipairs(KEYS) do write_serving(string.sub(key, 1, -5)) end
+return #KEYS
+"""
+)
 
 
 class PositionConflict(Exception):
@@ -290,8 +312,10 @@ class FeatureStore:
         self.landmark_key = f"{p}features:landmark"
         self.clock_key = f"{p}features:clock"
         self.offsets_key = f"{p}features:offsets"
+        self.schema_key = f"{p}features:schema"
         self._trending_read = redis.register_script(_TRENDING_READ)
         self._apply_batch = redis.register_script(_APPLY_BATCH)
+        self._migrate_serving = redis.register_script(_MIGRATE_SERVING)
         # The decay landmark as this process last saw it (``apply`` checks it in Redis).
         self._landmark: int | None = None
 
@@ -419,6 +443,7 @@ class FeatureStore:
             self.landmark_key,
             self.clock_key,
             self.offsets_key,
+            self.schema_key,
         ]
         deleted += int(await self.redis.unlink(*exact))
         batch: list[bytes | str] = []
@@ -430,6 +455,29 @@ class FeatureStore:
         if batch:
             deleted += int(await self.redis.unlink(*batch))
         return deleted
+
+    async def migrate(self) -> int:
+        """Bring a store written by an older version to ``SCHEMA_VERSION`` (idempotent; the
+        updater runs it before it writes). Version 2 adds each user's serving string, which
+        the serving read needs: without it a user with history would read as a new one.
+        Returns the number of users migrated."""
+        stored = await self.redis.get(self.schema_key)
+        if stored is not None and int(stored) >= SCHEMA_VERSION:
+            return 0
+        migrated = 0
+        batch: list[bytes | str] = []
+        pattern = f"{_glob_escape(self.prefix)}u:*:seen"
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                migrated += int(await self._migrate_serving(keys=batch))
+                batch = []
+        if batch:
+            migrated += int(await self._migrate_serving(keys=batch))
+        await self.redis.set(self.schema_key, SCHEMA_VERSION)
+        if migrated:
+            log.info("feature store migrated to schema %d (%d users)", SCHEMA_VERSION, migrated)
+        return migrated
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -166,6 +166,7 @@ class FeatureUpdater:
 
     async def _connect(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
         partitions = await topic_partitions(self.settings.kafka, self.topic)
+        await self._retry_redis(self.store.migrate)  # a store an older version wrote
         positions = await self._retry_redis(functools.partial(self.store.positions, self.topic))
         consumer = build_consumer(self.settings.kafka, group_id=self.settings.features_group)
         try:
