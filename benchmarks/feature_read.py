@@ -14,13 +14,11 @@ Run: ``make bench-feature-read`` (about 20 seconds); JSON to benchmarks/results/
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +29,8 @@ from inference.features import FeatureBatch, FeatureEvent, FeatureStore  # noqa:
 from redis.asyncio import Redis  # noqa: E402
 from streamrec_dev.servers import RedisServer, free_port  # noqa: E402
 from streamrec_shared.settings import RedisSettings  # noqa: E402
+
+from benchmarks.report import write_results  # noqa: E402
 
 USERS, SEEN, RECENT, CALLS = 200, 300, 50, 4000
 
@@ -144,11 +144,7 @@ def main() -> None:
             f"{name:>22} {figures['redis_us_per_user']:>14.1f} "
             f"{figures['client_us_per_user']:>15.1f}"
         )
-    out = REPO / "benchmarks" / "results" / "feature_read.json"
-    out.write_text(
-        json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": results}, indent=2)
-        + "\n"
-    )
+    out = write_results("feature_read", results)
     print(f"written {out.relative_to(REPO)}")
 
 

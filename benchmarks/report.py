@@ -12,10 +12,21 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    """``results/<name>.json`` with the time of measurement, for the benchmarks that have no
+    ``--out`` of their own."""
+    out = RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stamped = {"measured_at": datetime.now(UTC).isoformat(), "results": results}
+    out.write_text(json.dumps(stamped, indent=2) + "\n")
+    return out
 
 
 def _load(path: Path) -> dict[str, Any] | None:

@@ -15,12 +15,10 @@ Run: ``make bench-scoring`` (or ``.venv/bin/python benchmarks/scoring.py``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,6 +30,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights  # noqa: E402
 from streamrec_shared.ranking import top_k  # noqa: E402
+
+from benchmarks.report import write_results  # noqa: E402
 
 DIM, LENGTH, K = 64, 20, 10
 
@@ -121,12 +121,7 @@ def main() -> None:
     for catalogue, methods in results.items():
         for method, f in methods.items():
             print(f"{catalogue:>12} {method:>20} {f['p50_us']:>10.0f} {f['p99_us']:>10.0f}")
-    out = REPO / "benchmarks" / "results" / "scoring.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": results}, indent=2)
-        + "\n"
-    )
+    out = write_results("scoring", results)
     print(f"written {out.relative_to(REPO)}")
 
 
