@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-inference clean
+.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-pipeline-cpu bench-inference clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -47,7 +47,10 @@ bench-trainer: setup ## Trainer throughput from Kafka vs in-memory tensors (real
 bench-scoring: setup ## Scoring one user: NumPy vs tf.function vs Keras predict
 	@$(PY) benchmarks/scoring.py
 
-bench-feature-read: setup ## Serving feature read on a real Redis: joined lists vs a member per item, 1 and 4 users a call
+bench-pipeline-cpu: setup ## CPU per process of 1,000 events/s through ingest, the feature updater, Redis and Kafka (~1.5 min)
+	@$(PY) benchmarks/pipeline_cpu.py
+
+bench-feature-read: setup ## Serving feature read on a real Redis: one MGET of serving strings vs the two read scripts before, 1 and 4 users a call
 	@$(PY) benchmarks/feature_read.py
 
 bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
@@ -67,4 +70,4 @@ bench-report: ## One report (benchmarks/results/REPORT.md) from the benchmarks' 
 	@$(PY) benchmarks/report.py
 
 bench: setup ## Every benchmark in turn, then the report
-	@$(MAKE) --no-print-directory bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-inference bench-eval bench-report
+	@$(MAKE) --no-print-directory bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-pipeline-cpu bench-inference bench-eval bench-report

@@ -87,7 +87,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         lifespan,
     )
     # Both routes validate their own input (``RawRoute``): served past the middleware stack too
-    # (``ServiceApp.include_hot_router``), ingest takes ~7 % less CPU at 1,000 events/s.
+    # (``ServiceApp.include_hot_router``): `make bench-pipeline-cpu`, ingest at 1,000 events/s
+    # 0.115-0.129 core before, 0.095-0.121 since.
     app.include_hot_router(router)
     app.state.ingest_metrics = IngestMetrics(http_metrics.registry)
     return app
