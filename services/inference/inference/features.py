@@ -49,6 +49,7 @@ skipped.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections import Counter
@@ -402,12 +403,9 @@ class FeatureStore:
             pair = scores.setdefault(e.item_id, [0.0, 0.0])
             pair[0] += e.weight * math.exp2(age / self.long_half_life_ms)
             pair[1] += e.weight * math.exp2(age / self.short_half_life_ms)
-        item_args: list[str | int] = [0]
-        for item, (long, short) in scores.items():
-            if long > 0 or short > 0:  # events far older than the landmark add nothing
-                item_args += (item, repr(long), repr(short))
-        item_args[0] = (len(item_args) - 1) // 3
-        return item_args
+        # Events far older than the landmark add nothing.
+        kept = [(i, repr(lo), repr(sh)) for i, (lo, sh) in scores.items() if lo > 0 or sh > 0]
+        return [len(kept), *itertools.chain.from_iterable(kept)]
 
     def _user_args(self, events: Sequence[FeatureEvent]) -> list[str | int]:
         """The per-user updates of a batch: the users part of ``_APPLY_BATCH``'s arguments."""
