@@ -75,7 +75,8 @@ class PoolingArm:
         assert self.scorer is not None
         scorer = self.scorer
         history = list(reversed(self.recent.get(user, ())))
-        scores = scorer.scores(scorer.user_vectors(scorer.history_rows([history])))[0]
+        rows = scorer.history_rows([history])
+        scores = scorer.scores(scorer.user_vectors(rows), rows)[0]
         excluded = [scorer.rows[item] for item in exclude if item in scorer.rows]
         scores[excluded] = -np.inf
         top = np.argpartition(-scores, k)[:k] if k < len(scores) else np.arange(len(scores))

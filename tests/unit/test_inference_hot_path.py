@@ -6,6 +6,8 @@ and ``ServiceApp``'s direct dispatch against what Starlette's stack does for the
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +25,7 @@ from streamrec_shared.settings import LogSettings
 ITEMS = [f"i{n}" for n in range(40)]
 
 
-def model(seed: int, length: int = 6, dim: int = 5) -> ServedModel:
+def model(seed: int, length: int = 6, dim: int = 5, neighbors: bool = False) -> ServedModel:
     rng = np.random.default_rng(seed)
 
     def normal(*shape: int) -> npt.NDArray[np.float32]:
@@ -38,10 +40,21 @@ def model(seed: int, length: int = 6, dim: int = 5) -> ServedModel:
         projection=normal(dim, dim),
         projection_bias=normal(dim),
     )
+    if neighbors:  # up to 8 random neighbors per item, with random cosines
+        counts = rng.integers(0, 9, size=len(ITEMS))
+        weights = dataclasses.replace(
+            weights,
+            neighbor_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            neighbor_rows=rng.integers(0, len(ITEMS), size=int(counts.sum())).astype(np.int64),
+            neighbor_weights=rng.random(int(counts.sum())).astype(np.float32),
+            cooccurrence_weight=3.0,
+            cooccurrence_window=4,
+        )
     scorer = ItemPoolingScorer(weights)
     return ServedModel("spec", 1, "0" * 64, scorer, weights.item_out, 0.0)
 
 
+@pytest.mark.parametrize("neighbors", [False, True], ids=["embeddings", "with-neighbors"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
     "recent",
@@ -53,11 +66,13 @@ def model(seed: int, length: int = 6, dim: int = 5) -> ServedModel:
         [f"i{n}" for n in range(20)],  # longer than the history: the newest ones count
     ],
 )
-def test_single_user_scores_equal_the_batch_scorer(seed: int, recent: list[str]) -> None:
-    served = model(seed)
+def test_single_user_scores_equal_the_batch_scorer(
+    seed: int, recent: list[str], neighbors: bool
+) -> None:
+    served = model(seed, neighbors=neighbors)
     scorer = served.scorer
     rows = scorer.history_rows([recent[: served.history_length]])
-    expected = scorer.scores(scorer.user_vectors(rows))[0]
+    expected = scorer.scores(scorer.user_vectors(rows), rows)[0]
     actual = served.scores(recent)
     assert actual.dtype == np.float32
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)

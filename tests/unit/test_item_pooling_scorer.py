@@ -82,16 +82,17 @@ def test_manifest_has_the_callers_fields_and_the_format(
     manifest = read_manifest(tmp_path)
     assert manifest == {
         "spec_id": "movies",
-        "format": 1,
+        "format": 2,
         "family": FAMILY,
         "item_count": 5,
         "embedding_dim": DIM,
         "history_length": LENGTH,
+        "cooccurrence_weight": 0.0,
     }
 
 
 @pytest.mark.parametrize(
-    "change", [{"family": "two_tower"}, {"format": 2}, {"family": None}], ids=str
+    "change", [{"family": "two_tower"}, {"format": 3}, {"family": None}], ids=str
 )
 def test_read_manifest_rejects_other_artifacts(
     tmp_path: Path, weights: ItemPoolingWeights, change: dict[str, object]
@@ -227,3 +228,86 @@ def test_scores_shape_and_values_by_hand(
 def test_item_count(scorer: ItemPoolingScorer) -> None:
     assert scorer.item_count == len(ITEMS)
     assert scorer.rows == {item: row for row, item in enumerate(ITEMS)}
+
+
+# --- the item-to-item term (format 2) --------------------------------------------------------
+
+# a: b 0.5, c 0.25 | b: a 0.5 | c: a 0.25, b 0.1 | d, e: none
+NEIGHBORS = {0: [(1, 0.5), (2, 0.25)], 1: [(0, 0.5)], 2: [(0, 0.25), (1, 0.1)], 3: [], 4: []}
+
+
+def with_neighbors(
+    weights: ItemPoolingWeights, weight: float = 2.0, window: int = 2
+) -> ItemPoolingWeights:
+    indptr = np.cumsum([0] + [len(NEIGHBORS[row]) for row in range(5)])
+    flat = [pair for row in range(5) for pair in NEIGHBORS[row]]
+    return dataclasses.replace(
+        weights,
+        neighbor_indptr=indptr.astype(np.int64),
+        neighbor_rows=np.asarray([row for row, _ in flat], dtype=np.int64),
+        neighbor_weights=np.asarray([cosine for _, cosine in flat], dtype=np.float32),
+        cooccurrence_weight=weight,
+        cooccurrence_window=window,
+    )
+
+
+def test_the_neighbor_term_by_hand(weights: ItemPoolingWeights) -> None:
+    scorer = ItemPoolingScorer(with_neighbors(weights))
+    history = rows([2, 0, 1, -1])  # c, a, then b: outside the window of 2
+    plain = scorer.scores(scorer.user_vectors(history))[0]
+    scores = scorer.scores(scorer.user_vectors(history), history)[0]
+    # c raises a 0.25 and b 0.1; a raises b 0.5 and c 0.25.
+    added = {0: 2.0 * np.log1p(0.25), 1: 2.0 * np.log1p(0.6), 2: 2.0 * np.log1p(0.25)}
+    expected = plain.copy()
+    for row, value in added.items():
+        expected[row] += value
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def test_one_history_item_takes_its_row_alone(weights: ItemPoolingWeights) -> None:
+    scorer = ItemPoolingScorer(with_neighbors(weights))
+    term = scorer.neighbor_term([1])
+    assert term is not None
+    items, values = term
+    assert items.tolist() == [0]
+    np.testing.assert_allclose(values, [2.0 * np.log1p(0.5)], rtol=1e-6)
+
+
+def test_no_term_without_history_weight_or_neighbors(weights: ItemPoolingWeights) -> None:
+    assert ItemPoolingScorer(with_neighbors(weights)).neighbor_term([]) is None
+    assert ItemPoolingScorer(with_neighbors(weights, weight=0.0)).neighbor_term([0]) is None
+    assert ItemPoolingScorer(weights).neighbor_term([0]) is None
+    history = rows([0, 1, -1, -1])
+    scorer = ItemPoolingScorer(weights)
+    np.testing.assert_array_equal(
+        scorer.scores(scorer.user_vectors(history), history),
+        scorer.scores(scorer.user_vectors(history)),
+    )
+
+
+def test_neighbors_round_trip(tmp_path: Path, weights: ItemPoolingWeights) -> None:
+    original = with_neighbors(weights, weight=1.5, window=3)
+    original.save(tmp_path, {})
+    loaded = load_weights(tmp_path)
+    assert read_manifest(tmp_path)["cooccurrence_weight"] == 1.5
+    assert (loaded.cooccurrence_weight, loaded.cooccurrence_window) == (1.5, 3)
+    for name in ("neighbor_indptr", "neighbor_rows", "neighbor_weights"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(original, name))
+    assert loaded.neighbor_weights.dtype == np.float32
+
+
+def test_a_format_1_artifact_still_loads_and_scores_as_before(
+    tmp_path: Path, weights: ItemPoolingWeights
+) -> None:
+    weights.save(tmp_path, {})
+    manifest = orjson.loads((tmp_path / MANIFEST).read_bytes())
+    del manifest["cooccurrence_weight"]
+    (tmp_path / MANIFEST).write_bytes(orjson.dumps({**manifest, "format": 1}))
+    loaded = load_weights(tmp_path)
+    assert not loaded.has_neighbors
+    history = rows([0, 1, -1, -1])
+    scorer = ItemPoolingScorer(loaded)
+    np.testing.assert_array_equal(
+        scorer.scores(scorer.user_vectors(history), history),
+        ItemPoolingScorer(weights).scores(ItemPoolingScorer(weights).user_vectors(history)),
+    )

@@ -74,9 +74,10 @@ class ServedModel:
     def scores(self, recent: Sequence[str]) -> npt.NDArray[np.float32]:
         """One user's scores over the catalogue, from their recent items (newest first).
 
-        The same model as ``ItemPoolingScorer.user_vectors`` + ``scores`` (tested against
-        them), specialised for one user: the batch form pads, masks and recomputes the softmax
-        per call, a dozen NumPy calls that cost several times the two small matmuls left here.
+        The same model as ``ItemPoolingScorer.user_vectors`` + ``scores`` with the history
+        (tested against them), specialised for one user: the batch form pads, masks and
+        recomputes the softmax per call, a dozen NumPy calls that cost several times the two
+        small matmuls left here.
         """
         weights = self.scorer.weights
         get = self.scorer.rows.get
@@ -88,6 +89,9 @@ class ServedModel:
         else:
             user = weights.projection_bias  # no known history: the model's prior
         scores: npt.NDArray[np.float32] = weights.item_out @ user + weights.item_bias
+        term = self.scorer.neighbor_term(rows)
+        if term is not None:
+            scores[term[0]] += term[1]
         return scores
 
 

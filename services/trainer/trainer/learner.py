@@ -13,6 +13,7 @@ reach the next version.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from collections import deque
@@ -29,6 +30,7 @@ from streamrec_shared.ranking import rank_metrics, tied_ranks
 from streamrec_shared.schemas.events import INTERACTION_WEIGHTS, Interaction, decode_interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 
+from trainer.cooccurrence import Cooccurrence
 from trainer.model.item_pooling import Batch, ItemPoolingModel
 
 STATE_ARRAYS = "state.npz"
@@ -282,6 +284,12 @@ class Learner:
         # One thread may observe (append to pending) while another trains (takes from it).
         self._pending_lock = threading.Lock()
         self.heldout = Examples(hyperparameters.history_length)
+        # Counted, not learned: the item-to-item term a version publishes (off at weight 0).
+        self.cooccurrence = (
+            Cooccurrence(hyperparameters.cooccurrence_window)
+            if hyperparameters.cooccurrence_weight > 0
+            else None
+        )
         # Per partition, the first offset not yet observed.
         self.position: dict[int, int] = {}
         self.events_observed = 0
@@ -348,6 +356,9 @@ class Learner:
                 fresh = Batch(history, target, weight)
             with self._pending_lock:
                 self.pending.append(fresh)
+            if self.cooccurrence is not None:
+                # Held-out events count once released: the gate must not see its own targets.
+                self.cooccurrence.add(fresh.history, fresh.target)
             self.events_observed += count
         self.position.update(positions)
 
@@ -478,12 +489,28 @@ class Learner:
         """After a publish decision the held-out sample becomes ordinary training data."""
         with self._pending_lock:
             self.pending.extend(self.heldout)
+        if self.cooccurrence is not None:
+            released = self.heldout.arrays()
+            self.cooccurrence.add(released.history, released.target)
         self.heldout.clear()
 
     # --- judging -------------------------------------------------------------------------
 
     def candidate(self) -> ItemPoolingWeights:
-        return self.model.export(self.item_ids)
+        weights = self.model.export(self.item_ids)
+        if self.cooccurrence is None:
+            return weights
+        indptr, rows, cosines = self.cooccurrence.neighbors(
+            len(self.item_ids), self.hp.cooccurrence_neighbors
+        )
+        return dataclasses.replace(
+            weights,
+            neighbor_indptr=indptr,
+            neighbor_rows=rows,
+            neighbor_weights=cosines,
+            cooccurrence_weight=self.hp.cooccurrence_weight,
+            cooccurrence_window=self.hp.cooccurrence_window,
+        )
 
     def evaluate(self, scorer: ItemPoolingScorer, limit: int) -> dict[str, float]:
         """HR/NDCG@10/20 of ``scorer`` on the newest ``limit`` held-out events."""
@@ -526,7 +553,7 @@ class Learner:
         chunk = max(1, SCORE_CELLS_PER_CHUNK // max(1, scorer.item_count))
         for begin in range(0, len(known), chunk):
             rows = known[begin : begin + chunk]
-            scores = scorer.scores(scorer.user_vectors(history[rows]))
+            scores = scorer.scores(scorer.user_vectors(history[rows]), history[rows])
             above[rows], ties[rows] = tied_ranks(scores, targets[rows], [excluded[r] for r in rows])
         return above, ties
 
@@ -556,6 +583,9 @@ class Learner:
         arrays["replay.history"] = self.replay.history[:size]
         arrays["replay.target"] = self.replay.target[:size]
         arrays["replay.weight"] = self.replay.weight[:size]
+        if self.cooccurrence is not None:
+            for name, array in self.cooccurrence.state().items():
+                arrays[f"cooccurrence.{name}"] = array
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         (folder / STATE_ARRAYS).write_bytes(buffer.getvalue())
@@ -615,6 +645,11 @@ class Learner:
         learner.replay.target[:size] = arrays["replay.target"]
         learner.replay.weight[:size] = arrays["replay.weight"]
         learner.replay.offered = int(meta["replay_offered"])
+        if learner.cooccurrence is not None and "cooccurrence.codes" in arrays:
+            learner.cooccurrence.restore(
+                {k.removeprefix("cooccurrence."): v for k, v in arrays.items()
+                 if k.startswith("cooccurrence.")}
+            )  # fmt: skip
         learner.replay.set_rng_state(_text_as_big_ints(meta["replay_rng"]))
         learner.model.set_rng_state(_text_as_big_ints(meta["model_rng"]))
         learner.position = {int(p): int(o) for p, o in meta["position"].items()}

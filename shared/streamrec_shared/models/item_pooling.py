@@ -5,12 +5,19 @@ vector is ``u = pool(item_in[recent]) @ projection + projection_bias`` where ``p
 softmax-over-positions weighted mean of the most recent items (newest first), and an item's
 score is ``u · item_out[item] + item_bias[item]``. A user with no history gets
 ``u = projection_bias``: the model's own popularity-like prior.
+
+Format 2 adds an optional item-to-item term, counted rather than learned: each item's strongest
+co-occurring items (``neighbor_*``, CSR rows, cosine ``count(a, b) / √(count(a) · count(b))``
+over pairs within users' last ``cooccurrence_window`` items) and the score gets
+``cooccurrence_weight · log(1 + Σ cosine)`` summed over the user's ``cooccurrence_window``
+newest items. It reacts to an item the stream just made popular in one version, where the
+embeddings need many steps; format 1 artifacts (no such arrays) score as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +26,23 @@ import numpy.typing as npt
 import orjson
 
 FAMILY = "item_pooling"
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 ITEMS = "items.json"
 WEIGHTS = "weights.npz"
 
 Floats = npt.NDArray[np.float32]
 Rows = npt.NDArray[np.int64]
+_NEIGHBOR_ARRAYS = ("neighbor_indptr", "neighbor_rows", "neighbor_weights", "cooccurrence")
+
+
+def _no_rows() -> Rows:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _no_floats() -> Floats:
+    return np.zeros(0, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -37,10 +54,20 @@ class ItemPoolingWeights:
     position_logits: Floats
     projection: Floats
     projection_bias: Floats
+    # The item-to-item term (format 2); empty ``neighbor_indptr``: none.
+    neighbor_indptr: Rows = field(default_factory=_no_rows)
+    neighbor_rows: Rows = field(default_factory=_no_rows)
+    neighbor_weights: Floats = field(default_factory=_no_floats)
+    cooccurrence_weight: float = 0.0
+    cooccurrence_window: int = 0
 
     @property
     def history_length(self) -> int:
         return int(self.position_logits.shape[0])
+
+    @property
+    def has_neighbors(self) -> bool:
+        return len(self.neighbor_indptr) > 0 and self.cooccurrence_weight > 0
 
     def save(self, folder: Path, manifest: dict[str, Any]) -> None:
         """Write the artifact files; ``manifest`` gets the format fields added."""
@@ -51,25 +78,33 @@ class ItemPoolingWeights:
             "item_count": len(self.item_ids),
             "embedding_dim": int(self.item_in.shape[1]),
             "history_length": self.history_length,
+            "cooccurrence_weight": self.cooccurrence_weight if self.has_neighbors else 0.0,
         }
         (folder / MANIFEST).write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
         (folder / ITEMS).write_bytes(orjson.dumps(self.item_ids))
-        with (folder / WEIGHTS).open("wb") as handle:
-            np.savez(
-                handle,
-                item_in=self.item_in,
-                item_out=self.item_out,
-                item_bias=self.item_bias,
-                position_logits=self.position_logits,
-                projection=self.projection,
-                projection_bias=self.projection_bias,
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "item_in": self.item_in,
+            "item_out": self.item_out,
+            "item_bias": self.item_bias,
+            "position_logits": self.position_logits,
+            "projection": self.projection,
+            "projection_bias": self.projection_bias,
+        }
+        if self.has_neighbors:
+            arrays["neighbor_indptr"] = self.neighbor_indptr
+            arrays["neighbor_rows"] = self.neighbor_rows
+            arrays["neighbor_weights"] = self.neighbor_weights
+            arrays["cooccurrence"] = np.array(
+                [self.cooccurrence_weight, self.cooccurrence_window], dtype=np.float64
             )
+        with (folder / WEIGHTS).open("wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = orjson.loads((folder / MANIFEST).read_bytes())
-    if manifest.get("family") != FAMILY or manifest.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"not an {FAMILY} artifact of format {ARTIFACT_FORMAT}: {folder}")
+    if manifest.get("family") != FAMILY or manifest.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"not an {FAMILY} artifact of format {READABLE_FORMATS}: {folder}")
     return manifest
 
 
@@ -77,10 +112,22 @@ def load_weights(folder: Path) -> ItemPoolingWeights:
     read_manifest(folder)
     item_ids = orjson.loads((folder / ITEMS).read_bytes())
     with np.load(folder / WEIGHTS, allow_pickle=False) as arrays:
-        return ItemPoolingWeights(
-            item_ids=list(item_ids),
-            **{name: np.asarray(arrays[name], dtype=np.float32) for name in arrays.files},
-        )
+        dense: dict[str, Any] = {
+            name: np.asarray(arrays[name], dtype=np.float32)
+            for name in arrays.files
+            if name not in _NEIGHBOR_ARRAYS
+        }
+        neighbors: dict[str, Any] = {}
+        if "neighbor_indptr" in arrays.files:
+            weight, window = (float(x) for x in arrays["cooccurrence"])
+            neighbors = {
+                "neighbor_indptr": np.asarray(arrays["neighbor_indptr"], dtype=np.int64),
+                "neighbor_rows": np.asarray(arrays["neighbor_rows"], dtype=np.int64),
+                "neighbor_weights": np.asarray(arrays["neighbor_weights"], dtype=np.float32),
+                "cooccurrence_weight": weight,
+                "cooccurrence_window": int(window),
+            }
+        return ItemPoolingWeights(item_ids=list(item_ids), **dense, **neighbors)
 
 
 class ItemPoolingScorer:
@@ -116,5 +163,38 @@ class ItemPoolingScorer:
         pooled: Floats = np.einsum("bl,bld->bd", attention, embedded)
         return (pooled @ weights.projection + weights.projection_bias).astype(np.float32)
 
-    def scores(self, user_vectors: Floats) -> Floats:
-        return (user_vectors @ self.weights.item_out.T + self.weights.item_bias).astype(np.float32)
+    def neighbor_term(self, rows: Sequence[int] | Rows) -> tuple[Rows, Floats] | None:
+        """The item-to-item term of one user whose known history rows (newest first) are
+        ``rows``: the items it raises and by how much; None without neighbors or history."""
+        weights = self.weights
+        if not weights.has_neighbors or len(rows) == 0:
+            return None
+        indptr = weights.neighbor_indptr
+        newest = np.asarray(rows[: weights.cooccurrence_window], dtype=np.int64)
+        starts, ends = indptr[newest], indptr[newest + 1]
+        items: Rows
+        summed: npt.NDArray[Any]
+        if len(newest) == 1:
+            items = weights.neighbor_rows[starts[0] : ends[0]]
+            summed = weights.neighbor_weights[starts[0] : ends[0]]
+        else:
+            # The CSR slices of the newest rows, gathered at once, summed per item.
+            lengths = ends - starts
+            offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+            picked = offsets + np.arange(int(lengths.sum()))
+            items, inverse = np.unique(weights.neighbor_rows[picked], return_inverse=True)
+            summed = np.bincount(inverse, weights=weights.neighbor_weights[picked])
+        return items, (weights.cooccurrence_weight * np.log1p(summed)).astype(np.float32)
+
+    def scores(self, user_vectors: Floats, history_rows: Rows | None = None) -> Floats:
+        """Every item's score per user; with ``history_rows`` (as ``history_rows`` gives them)
+        the item-to-item term is added, if the artifact has one."""
+        scores = (user_vectors @ self.weights.item_out.T + self.weights.item_bias).astype(
+            np.float32
+        )
+        if history_rows is not None and self.weights.has_neighbors:
+            for user, rows in enumerate(history_rows):
+                term = self.neighbor_term(rows[rows >= 0])
+                if term is not None:
+                    scores[user, term[0]] += term[1]
+        return scores

@@ -53,6 +53,24 @@ class ItemPoolingHyperparameters(_Strict):
         default=False,
         description="Leave each example's history items out of its softmax (exact softmax only).",
     )
+    cooccurrence_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description=(
+            "Weight of the counted item-to-item term: log(1 + summed cosine co-occurrence of an"
+            " item with the user's newest items); 0 leaves it out."
+        ),
+    )
+    cooccurrence_window: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="Items before an event it is paired with, and newest items scored against.",
+    )
+    cooccurrence_neighbors: int = Field(
+        default=100, ge=1, le=10_000, description="Neighbors kept per item in a version."
+    )
     initial_capacity: int = Field(
         default=1024, ge=16, le=10_000_000, description="Item rows before the first doubling."
     )

@@ -1,0 +1,139 @@
+"""The counted item-to-item term: pair counts, neighbor lists, and what the learner feeds them."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import math
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trainer.cooccurrence import Cooccurrence
+from trainer.learner import Learner
+
+from tests.unit.test_learner import feed, hyperparameters, stream
+
+WINDOW = 2
+
+
+def brute_force(
+    events: list[tuple[str, str]], rows: dict[str, int], window: int
+) -> dict[int, dict[int, float]]:
+    """The cosine of every co-occurring pair, the evaluation peer's way: each event pairs with
+    the user's ``window`` events before it (repeats included, the item itself not)."""
+    pairs: dict[tuple[int, int], int] = defaultdict(int)
+    events_of: dict[int, int] = defaultdict(int)
+    recent: dict[str, deque[int]] = defaultdict(lambda: deque(maxlen=window))
+    for user, item in events:
+        row = rows[item]
+        for other in recent[user]:
+            if other != row:
+                pairs[row, other] += 1
+                pairs[other, row] += 1
+        recent[user].append(row)
+        events_of[row] += 1
+    cosines: dict[int, dict[int, float]] = defaultdict(dict)
+    for (a, b), count in pairs.items():
+        cosines[a][b] = count / math.sqrt(events_of[a] * events_of[b])
+    return cosines
+
+
+def as_dict(
+    indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
+) -> dict[int, dict[int, float]]:
+    out: dict[int, dict[int, float]] = {}
+    for a in range(len(indptr) - 1):
+        start, end = indptr[a], indptr[a + 1]
+        if end > start:
+            out[a] = dict(zip(rows[start:end].tolist(), weights[start:end].tolist(), strict=True))
+    return out
+
+
+def learner_with(weight: float = 2.0, **overrides: object) -> Learner:
+    return Learner(
+        hyperparameters(
+            cooccurrence_weight=weight,
+            cooccurrence_window=WINDOW,
+            **overrides,  # type: ignore[arg-type]
+        )
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbors_are_the_cosines_of_a_brute_force_count(seed: int) -> None:
+    learner = learner_with(cooccurrence_neighbors=1000)
+    events = stream(users=6, events=300, items=12, seed=seed)
+    # Observed in several fetches, so folding merges into an existing table.
+    for start in range(0, len(events), 70):
+        feed(learner, events[start : start + 70])
+        learner.candidate()
+    weights = learner.candidate()
+    expected = brute_force(events, learner.item_rows, WINDOW)
+    actual = as_dict(weights.neighbor_indptr, weights.neighbor_rows, weights.neighbor_weights)
+    assert actual.keys() == expected.keys()
+    for a, neighbors in expected.items():
+        assert actual[a].keys() == neighbors.keys()
+        for b, cosine in neighbors.items():
+            assert actual[a][b] == pytest.approx(cosine, rel=1e-6)
+    assert (weights.cooccurrence_weight, weights.cooccurrence_window) == (2.0, WINDOW)
+
+
+def test_each_row_keeps_its_strongest_neighbors_strongest_first() -> None:
+    learner = learner_with(cooccurrence_neighbors=3)
+    events = stream(users=5, events=400, items=10, seed=4)
+    feed(learner, events)
+    weights = learner.candidate()
+    expected = brute_force(events, learner.item_rows, WINDOW)
+    indptr = weights.neighbor_indptr
+    assert len(indptr) == len(learner.item_ids) + 1
+    for a in range(len(learner.item_ids)):
+        kept = weights.neighbor_weights[indptr[a] : indptr[a + 1]]
+        strongest = sorted(expected.get(a, {}).values(), reverse=True)[:3]
+        np.testing.assert_allclose(kept, strongest, rtol=1e-6)
+
+
+def test_held_out_events_count_only_once_released() -> None:
+    learner = learner_with()
+    feed(learner, [("u", "a"), ("u", "b")])
+    feed(learner, [("u", "c")], hold_out=True)
+    weights = learner.candidate()
+    rows = learner.item_rows
+    neighbors = as_dict(weights.neighbor_indptr, weights.neighbor_rows, weights.neighbor_weights)
+    assert rows["c"] not in neighbors  # the gate judges c: its pairs must not be counted yet
+    learner.release_heldout()
+    weights = learner.candidate()
+    neighbors = as_dict(weights.neighbor_indptr, weights.neighbor_rows, weights.neighbor_weights)
+    assert set(neighbors[rows["c"]]) == {rows["a"], rows["b"]}
+
+
+def test_weight_zero_counts_nothing_and_publishes_no_term() -> None:
+    learner = learner_with(weight=0.0)
+    feed(learner, stream(users=3, events=50, items=5, seed=0))
+    assert learner.cooccurrence is None
+    assert not learner.candidate().has_neighbors
+
+
+def test_save_load_keeps_the_counts(tmp_path: Path) -> None:
+    original = learner_with()
+    events = stream(users=4, events=120, items=8, seed=5)
+    feed(original, events[:60])
+    original.save(tmp_path, {})
+    loaded, _ = Learner.load(tmp_path, original.hp)
+    for learner in (original, loaded):
+        feed(learner, events[60:])
+    a, b = original.candidate(), loaded.candidate()
+    for name in ("neighbor_indptr", "neighbor_rows", "neighbor_weights"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_rows_beyond_the_exported_items_are_left_out() -> None:
+    counts = Cooccurrence(window=3)
+    history = np.array([[1, 0, -1], [2, 1, 0]], dtype=np.int32)
+    counts.add(history, np.array([2, 3], dtype=np.int32))
+    indptr, rows, _ = counts.neighbors(items=3, top=10)
+    assert len(indptr) == 4
+    assert set(rows.tolist()) <= {0, 1, 2}
