@@ -99,6 +99,12 @@ def main() -> int:
         default=None,
         help="held-out events arm 5's gated publish needs (default: the product's)",
     )
+    parser.add_argument(
+        "--gate-rate",
+        type=float,
+        default=None,
+        help="share of events arm 5's follow run holds out for its gate (default: the product's)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()
     console = Console()
@@ -113,7 +119,9 @@ def main() -> int:
     unknown = [name for name in stack_names if name not in STACK_ARMS]
     if unknown:
         parser.error(f"unknown stack arm(s) {unknown}; known: {list(STACK_ARMS)}")
-    settings = StackEvaluationSettings(gate_min_events=options.gate_min_events)
+    settings = StackEvaluationSettings(
+        gate_min_events=options.gate_min_events, gate_rate=options.gate_rate
+    )
     for name in options.datasets.split(","):
         if name == "ml-100k" and not ml_100k_path().is_file():
             console.print(f"[yellow]ml-100k skipped: {ml_100k_path()} is not there[/yellow]")

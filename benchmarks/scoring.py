@@ -7,6 +7,7 @@ request at a time as the service does, with one BLAS/TF thread (what each servin
 - NumPy on the exported arrays (what inference uses),
 - a compiled ``tf.function`` doing the same with ``tf.math.top_k``,
 - Keras ``model.predict`` on an equivalent model (the known trap: per-call overhead),
+- NumPy with the item-to-item term of format 2 (100 neighbors per item, the 10 newest items),
 
 for the ML-100K catalogue (1,682 items) and a synthetic 100,000-item one. Prints p50/p99 in
 microseconds and writes ``benchmarks/results/scoring.json``.
@@ -15,6 +16,7 @@ Run: ``make bench-scoring`` (or ``.venv/bin/python benchmarks/scoring.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -34,6 +36,7 @@ from streamrec_shared.ranking import top_k  # noqa: E402
 from benchmarks.report import write_results  # noqa: E402
 
 DIM, LENGTH, K = 64, 20, 10
+NEIGHBORS, WINDOW = 100, 10
 
 
 def weights(items: int, seed: int = 0) -> ItemPoolingWeights:
@@ -46,6 +49,20 @@ def weights(items: int, seed: int = 0) -> ItemPoolingWeights:
         position_logits=rng.normal(0, 0.1, LENGTH).astype(np.float32),
         projection=np.eye(DIM, dtype=np.float32),
         projection_bias=np.zeros(DIM, dtype=np.float32),
+    )
+
+
+def with_neighbors(w: ItemPoolingWeights, seed: int = 2) -> ItemPoolingWeights:
+    """Random neighbor lists of the evaluation spec's shape (every item has ``NEIGHBORS``)."""
+    rng = np.random.default_rng(seed)
+    items = len(w.item_ids)
+    return dataclasses.replace(
+        w,
+        neighbor_indptr=np.arange(0, (items + 1) * NEIGHBORS, NEIGHBORS, dtype=np.int64),
+        neighbor_rows=rng.integers(0, items, items * NEIGHBORS).astype(np.int64),
+        neighbor_weights=rng.random(items * NEIGHBORS).astype(np.float32),
+        cooccurrence_weight=4.0,
+        cooccurrence_window=WINDOW,
     )
 
 
@@ -76,6 +93,12 @@ def measure(items: int, calls: int) -> dict[str, dict[str, float]]:
         scores = scorer.scores(scorer.user_vectors(history))[0]
         return top_k(scores, K)  # the service's top-K
 
+    neighbor_scorer = ItemPoolingScorer(with_neighbors(w))
+
+    def numpy_with_neighbors(history: np.ndarray) -> object:
+        scores = neighbor_scorer.scores(neighbor_scorer.user_vectors(history), history)[0]
+        return top_k(scores, K)
+
     def numpy_full_partition(history: np.ndarray) -> object:
         """The same with one argpartition over the whole catalogue (what top_k replaced)."""
         scores = scorer.scores(scorer.user_vectors(history))[0]
@@ -102,6 +125,7 @@ def measure(items: int, calls: int) -> dict[str, dict[str, float]]:
     return {
         "numpy": timed(numpy_top_k, histories),
         "numpy_full_partition": timed(numpy_full_partition, histories),
+        "numpy_with_neighbors": timed(numpy_with_neighbors, histories),
         "tf_function": timed(lambda h: tf_top_k(tf.constant(h)).numpy(), histories),
         "keras_predict": timed(
             lambda h: keras_model.predict(h, verbose=0), histories[: max(50, calls // 10)]

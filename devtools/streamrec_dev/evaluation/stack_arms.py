@@ -178,6 +178,9 @@ class StackEvaluationSettings:
     # Held-out events a follow run's gated publish needs; None: the product's own default
     # (``ValidationPolicy.min_events``).
     gate_min_events: int | None = None
+    # Share of events a follow run holds out for its gate; None: the product's default
+    # (``ValidationPolicy.rate``).
+    gate_rate: float | None = None
     rate: float | None = None  # evaluated events/s (None: as fast as the stack answers)
     ready_timeout_s: float = 900.0
 
@@ -266,11 +269,14 @@ class TrainerGroup:
             "mode": "incremental",
             "warm_start": True,
             "stream": {"kind": "follow", "topic": self.topics.events, "start": "earliest"},
-            "validation": (
-                {}
-                if self.settings.gate_min_events is None
-                else {"min_events": self.settings.gate_min_events}
-            ),
+            "validation": {
+                key: value
+                for key, value in (
+                    ("min_events", self.settings.gate_min_events),
+                    ("rate", self.settings.gate_rate),
+                )
+                if value is not None
+            },
             "publish": {
                 "every_events": self.settings.publish_every_events,
                 "every_s": self.settings.publish_every_s,
