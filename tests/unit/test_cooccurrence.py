@@ -131,9 +131,30 @@ def test_save_load_keeps_the_counts(tmp_path: Path) -> None:
 
 
 def test_rows_beyond_the_exported_items_are_left_out() -> None:
-    counts = Cooccurrence(window=3)
+    counts = Cooccurrence(window=3, max_pairs=1000)
     history = np.array([[1, 0, -1], [2, 1, 0]], dtype=np.int32)
     counts.add(history, np.array([2, 3], dtype=np.int32))
     indptr, rows, _ = counts.neighbors(items=3, top=10)
     assert len(indptr) == 4
     assert set(rows.tolist()) <= {0, 1, 2}
+
+
+def test_the_bound_halves_counts_keeping_the_cosines_of_the_pairs_it_keeps() -> None:
+    events = stream(users=8, events=600, items=30, seed=6)
+    unbounded, bounded = (
+        learner_with(cooccurrence_neighbors=1000),
+        learner_with(cooccurrence_neighbors=1000, cooccurrence_max_pairs=150),
+    )
+    for learner in (unbounded, bounded):
+        feed(learner, events)
+    full, kept = unbounded.candidate(), bounded.candidate()
+    assert bounded.cooccurrence is not None
+    assert unbounded.cooccurrence is not None
+    assert len(bounded.cooccurrence.codes) <= 150 < len(unbounded.cooccurrence.codes)
+    assert bounded.cooccurrence.halvings >= 1
+    before = as_dict(full.neighbor_indptr, full.neighbor_rows, full.neighbor_weights)
+    after = as_dict(kept.neighbor_indptr, kept.neighbor_rows, kept.neighbor_weights)
+    assert after, "the bound kept nothing"
+    for a, neighbors in after.items():
+        for b, cosine in neighbors.items():
+            assert cosine == pytest.approx(before[a][b], rel=1e-6)

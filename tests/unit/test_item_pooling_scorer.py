@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pytest
+from streamrec_shared.models import item_pooling
 from streamrec_shared.models.item_pooling import (
     FAMILY,
     MANIFEST,
@@ -251,7 +252,11 @@ def with_neighbors(
     )
 
 
-def test_the_neighbor_term_by_hand(weights: ItemPoolingWeights) -> None:
+@pytest.mark.parametrize("dense_factor", [0, 1000], ids=["sorted-sum", "dense-sum"])
+def test_the_neighbor_term_by_hand(
+    weights: ItemPoolingWeights, dense_factor: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(item_pooling, "DENSE_SUM_FACTOR", dense_factor)
     scorer = ItemPoolingScorer(with_neighbors(weights))
     history = rows([2, 0, 1, -1])  # c, a, then b: outside the window of 2
     plain = scorer.scores(scorer.user_vectors(history))[0]

@@ -6,9 +6,8 @@ sorted array of ``row_a << 32 | row_b`` codes with a count each: new pairs are b
 merged when a version is exported (a sort of the buffer and one pass over the table), so
 observing stays a handful of NumPy calls per fetch.
 
-Memory is 12 bytes per distinct pair: for ML-100K ~0.7 M pairs (8 MB). The table is not pruned;
-a catalogue whose pairs outgrow memory needs a bound (top pairs per item, or decay), which this
-first version leaves out.
+Memory is 12 bytes per distinct pair (ML-100K: ~0.57 M pairs, 7 MB), bounded by ``max_pairs``:
+over it, every count is halved and pairs below one are dropped (see ``_bound``).
 """
 
 from __future__ import annotations
@@ -26,8 +25,10 @@ LOW = np.int64((1 << 32) - 1)
 
 
 class Cooccurrence:
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, max_pairs: int) -> None:
         self.window = window
+        self.max_pairs = max_pairs
+        self.halvings = 0  # times the bound halved the counts (for the run's figures)
         self.codes: Codes = np.zeros(0, dtype=np.int64)  # sorted, unique
         self.counts: Counts = np.zeros(0, dtype=np.float64)
         self.item_events: Counts = np.zeros(0, dtype=np.float64)  # events per item row
@@ -64,6 +65,18 @@ class Cooccurrence:
         fresh = ~found
         self.codes = np.insert(self.codes, at[fresh], new[fresh])
         self.counts = np.insert(self.counts, at[fresh], counts[fresh].astype(np.float64))
+        self._bound()
+
+    def _bound(self) -> None:
+        """Over ``max_pairs``: halve every count, of pairs and items alike (so the cosines of
+        the pairs kept do not change), and drop the pairs that fall below one, until under it.
+        One-off pairs go first and old evidence fades: a decay paid only when memory asks."""
+        while len(self.codes) > self.max_pairs:
+            self.counts *= 0.5
+            self.item_events *= 0.5
+            kept = self.counts >= 1.0
+            self.codes, self.counts = self.codes[kept], self.counts[kept]
+            self.halvings += 1
 
     def neighbors(self, items: int, top: int) -> tuple[Codes, Codes, npt.NDArray[np.float32]]:
         """Per item row below ``items``, its ``top`` neighbors by cosine, as CSR arrays

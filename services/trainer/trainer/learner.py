@@ -286,7 +286,9 @@ class Learner:
         self.heldout = Examples(hyperparameters.history_length)
         # Counted, not learned: the item-to-item term a version publishes (off at weight 0).
         self.cooccurrence = (
-            Cooccurrence(hyperparameters.cooccurrence_window)
+            Cooccurrence(
+                hyperparameters.cooccurrence_window, hyperparameters.cooccurrence_max_pairs
+            )
             if hyperparameters.cooccurrence_weight > 0
             else None
         )

@@ -71,6 +71,15 @@ class ItemPoolingHyperparameters(_Strict):
     cooccurrence_neighbors: int = Field(
         default=100, ge=1, le=10_000, description="Neighbors kept per item in a version."
     )
+    cooccurrence_max_pairs: int = Field(
+        default=5_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description=(
+            "Distinct item pairs counted at most (12 bytes each); over it every count is halved"
+            " and pairs below one are dropped."
+        ),
+    )
     initial_capacity: int = Field(
         default=1024, ge=16, le=10_000_000, description="Item rows before the first doubling."
     )
