@@ -158,3 +158,42 @@ def test_the_bound_halves_counts_keeping_the_cosines_of_the_pairs_it_keeps() -> 
     for a, neighbors in after.items():
         for b, cosine in neighbors.items():
             assert cosine == pytest.approx(before[a][b], rel=1e-6)
+
+
+def neighbor_lists(learner: Learner) -> dict[int, dict[int, float]]:
+    weights = learner.candidate()
+    return as_dict(weights.neighbor_indptr, weights.neighbor_rows, weights.neighbor_weights)
+
+
+def counts_of(learner: Learner) -> dict[str, np.ndarray]:
+    assert learner.cooccurrence is not None
+    return learner.cooccurrence.state()
+
+
+def learner_with_counts(events: list[tuple[str, str]]) -> Learner:
+    learner = learner_with()
+    feed(learner, events)
+    return learner
+
+
+def test_a_warm_start_continues_the_versions_counts() -> None:
+    publisher = learner_with_counts(stream(users=5, events=120, items=10, seed=7))
+    weights = publisher.candidate()
+    state = publisher.training_state(len(weights.item_ids))
+    follower = learner_with()
+    follower.warm_start(weights, state)
+    for name, array in counts_of(publisher).items():
+        np.testing.assert_array_equal(counts_of(follower)[name], array)
+    assert neighbor_lists(follower) == neighbor_lists(publisher)
+
+
+def test_a_warm_start_that_reads_the_events_again_counts_them_once() -> None:
+    events = stream(users=5, events=200, items=10, seed=8)
+    publisher = learner_with_counts(events)
+    weights = publisher.candidate()
+    rereading = learner_with()
+    rereading.warm_start(weights, publisher.training_state(len(weights.item_ids)), counts=False)
+    feed(rereading, events)
+    # Raw counts: doubling every count would leave the cosines as they are.
+    for name, array in counts_of(publisher).items():
+        np.testing.assert_array_equal(counts_of(rereading)[name], array)

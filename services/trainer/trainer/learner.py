@@ -659,16 +659,36 @@ class Learner:
         learner.events_trained = int(meta["events_trained"])
         return learner, meta
 
+    def training_state(self, items: int) -> dict[str, npt.NDArray[Any]]:
+        """What a published version stores for a warm start: the model's tables and optimizer
+        slots, and the item-to-item counts when the spec has the term."""
+        state: dict[str, npt.NDArray[Any]] = dict(self.model.state(items))
+        if self.cooccurrence is not None:
+            for name, array in self.cooccurrence.state().items():
+                state[f"cooccurrence.{name}"] = array
+        return state
+
     def warm_start(
         self,
         weights: ItemPoolingWeights,
-        state: Mapping[str, npt.NDArray[np.float32]] | None = None,
+        state: Mapping[str, npt.NDArray[Any]] | None = None,
+        counts: bool = True,
     ) -> None:
         """Begin from a published version's vocabulary and weights, with its training state
-        when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state."""
+        when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state.
+        ``counts``: also its item-to-item counts, where it has them; not for a run that reads
+        the version's events again, which would count them twice."""
         self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
+        if counts and state is not None and self.cooccurrence is not None:
+            stored = {
+                k.removeprefix("cooccurrence."): v
+                for k, v in state.items()
+                if k.startswith("cooccurrence.")
+            }
+            if stored:
+                self.cooccurrence.restore(stored)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

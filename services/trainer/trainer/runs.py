@@ -289,8 +289,12 @@ class TrainingRun:
         folder = self.services.store.open(latest.artifact_uri, latest.digest)
         weights = load_weights(folder)
         state = self._training_state(latest.version, read_manifest(folder), weights)
+        stream = self.request.stream
+        # A follow run from the earliest offsets reads the version's events again and counts
+        # them itself; any other run continues the version's item-to-item counts.
+        rereads = isinstance(stream, FollowStream) and stream.start == "earliest"
         try:
-            self._require_learner().warm_start(weights, state)
+            self._require_learner().warm_start(weights, state, counts=not rereads)
         except ValueError as error:
             log.warning("run %s starts cold: %s", self.run_id, error)
             self._learner = Learner(self.hp, self.services.settings.max_seen_items)
@@ -479,7 +483,7 @@ class TrainingRun:
         digest. The state is an artifact of its own: serving never downloads it, and the
         serving digest still covers the reference to it."""
         store = self.services.store
-        state = self._require_learner().model.state(len(weights.item_ids))
+        state = self._require_learner().training_state(len(weights.item_ids))
         training = store.write(
             f"training/{self.spec_id}", lambda folder: save_training_state(folder, state)
         )
