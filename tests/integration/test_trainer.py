@@ -65,8 +65,10 @@ async def trainer(trainer_settings: TrainerSettings) -> AsyncIterator[httpx.Asyn
         yield client
 
 
-async def create_spec(client: httpx.AsyncClient, spec_id: str = "chain") -> None:
-    response = await client.post("/v1/specs", json={"id": spec_id, "spec": SMALL_MODEL})
+async def create_spec(
+    client: httpx.AsyncClient, spec_id: str = "chain", spec: dict[str, Any] = SMALL_MODEL
+) -> None:
+    response = await client.post("/v1/specs", json={"id": spec_id, "spec": spec})
     assert response.status_code == 201, response.text
 
 
@@ -234,7 +236,9 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
     trainer: httpx.AsyncClient, trainer_settings: TrainerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     await produce(trainer_settings.kafka, trainer_settings.topics.events, chain_events(10, 10, 12))
-    await create_spec(trainer)
+    # With the item-to-item term: its counts travel in the training state too.
+    hyperparameters = {**SMALL_MODEL["hyperparameters"], "cooccurrence_weight": 2.0}  # type: ignore[dict-item]
+    await create_spec(trainer, spec={**SMALL_MODEL, "hyperparameters": hyperparameters})
     response = await trainer.post("/v1/specs/chain/runs", json={"mode": "batch"})
     assert response.status_code == 202, response.text
     batch = await wait_for(
@@ -260,6 +264,8 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
     weights = load_weights(served)
     assert state["item_in"].shape == weights.item_in.shape
     assert state["acc_in"].shape == weights.item_in.shape
+    assert weights.has_neighbors
+    assert len(state["cooccurrence.codes"]) > 0
 
     async def follow_run_warm_start() -> str:
         response = await trainer.post(
