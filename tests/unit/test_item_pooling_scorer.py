@@ -89,6 +89,7 @@ def test_manifest_has_the_callers_fields_and_the_format(
         "embedding_dim": DIM,
         "history_length": LENGTH,
         "cooccurrence_weight": 0.0,
+        "cooccurrence_window": 0,
     }
 
 
@@ -294,7 +295,8 @@ def test_neighbors_round_trip(tmp_path: Path, weights: ItemPoolingWeights) -> No
     original = with_neighbors(weights, weight=1.5, window=3)
     original.save(tmp_path, {})
     loaded = load_weights(tmp_path)
-    assert read_manifest(tmp_path)["cooccurrence_weight"] == 1.5
+    manifest = read_manifest(tmp_path)
+    assert (manifest["cooccurrence_weight"], manifest["cooccurrence_window"]) == (1.5, 3)
     assert (loaded.cooccurrence_weight, loaded.cooccurrence_window) == (1.5, 3)
     for name in ("neighbor_indptr", "neighbor_rows", "neighbor_weights"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(original, name))
@@ -306,7 +308,7 @@ def test_a_format_1_artifact_still_loads_and_scores_as_before(
 ) -> None:
     weights.save(tmp_path, {})
     manifest = orjson.loads((tmp_path / MANIFEST).read_bytes())
-    del manifest["cooccurrence_weight"]
+    del manifest["cooccurrence_weight"], manifest["cooccurrence_window"]
     (tmp_path / MANIFEST).write_bytes(orjson.dumps({**manifest, "format": 1}))
     loaded = load_weights(tmp_path)
     assert not loaded.has_neighbors

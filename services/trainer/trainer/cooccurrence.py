@@ -13,6 +13,7 @@ over it, every count is halved and pairs below one are dropped (see ``_bound``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,8 @@ import numpy.typing as npt
 Ints = npt.NDArray[np.int32]
 Codes = npt.NDArray[np.int64]
 Counts = npt.NDArray[np.float64]
+# The arrays' names in a learner's checkpoint and in a version's training state.
+PREFIX = "cooccurrence."
 SHIFT = np.int64(32)
 LOW = np.int64((1 << 32) - 1)
 
@@ -99,13 +102,23 @@ class Cooccurrence:
         np.cumsum(np.minimum(per_row, top), out=indptr[1:])
         return indptr, b[keep], cosine[keep].astype(np.float32)
 
-    def state(self) -> dict[str, npt.NDArray[np.float64] | Codes]:
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        """The counts as arrays named ``PREFIX + name``, to store next to other state."""
         self._fold()
-        return {"codes": self.codes, "counts": self.counts, "item_events": self.item_events}
+        return {
+            f"{PREFIX}codes": self.codes,
+            f"{PREFIX}counts": self.counts,
+            f"{PREFIX}item_events": self.item_events,
+        }
 
-    def restore(self, arrays: Mapping[str, npt.NDArray[np.float64] | Codes]) -> None:
-        self.codes = np.asarray(arrays["codes"], dtype=np.int64)
-        self.counts = np.asarray(arrays["counts"], dtype=np.float64)
-        self.item_events = np.asarray(arrays["item_events"], dtype=np.float64)
+    def restore(self, arrays: Mapping[str, npt.NDArray[Any]]) -> bool:
+        """The counts ``state`` wrote, from ``arrays`` (which may hold other state too);
+        False, and nothing changed, when they are not there (state from before the term)."""
+        if f"{PREFIX}codes" not in arrays:
+            return False
+        self.codes = np.asarray(arrays[f"{PREFIX}codes"], dtype=np.int64)
+        self.counts = np.asarray(arrays[f"{PREFIX}counts"], dtype=np.float64)
+        self.item_events = np.asarray(arrays[f"{PREFIX}item_events"], dtype=np.float64)
         self._pending.clear()
         self._pending_items.clear()
+        return True

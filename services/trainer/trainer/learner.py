@@ -119,9 +119,6 @@ class Examples:
     def weight(self) -> list[float]:
         return self.arrays().weight.tolist()  # type: ignore[no-any-return]
 
-    def extend(self, other: Examples) -> None:
-        self.append(other.arrays())
-
     def clear(self) -> None:
         self._chunks.clear()
         self._head = 0
@@ -489,10 +486,10 @@ class Learner:
 
     def release_heldout(self) -> None:
         """After a publish decision the held-out sample becomes ordinary training data."""
+        released = self.heldout.arrays()
         with self._pending_lock:
-            self.pending.extend(self.heldout)
+            self.pending.append(released)
         if self.cooccurrence is not None:
-            released = self.heldout.arrays()
             self.cooccurrence.add(released.history, released.target)
         self.heldout.clear()
 
@@ -586,8 +583,7 @@ class Learner:
         arrays["replay.target"] = self.replay.target[:size]
         arrays["replay.weight"] = self.replay.weight[:size]
         if self.cooccurrence is not None:
-            for name, array in self.cooccurrence.state().items():
-                arrays[f"cooccurrence.{name}"] = array
+            arrays.update(self.cooccurrence.state())
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         (folder / STATE_ARRAYS).write_bytes(buffer.getvalue())
@@ -647,11 +643,8 @@ class Learner:
         learner.replay.target[:size] = arrays["replay.target"]
         learner.replay.weight[:size] = arrays["replay.weight"]
         learner.replay.offered = int(meta["replay_offered"])
-        if learner.cooccurrence is not None and "cooccurrence.codes" in arrays:
-            learner.cooccurrence.restore(
-                {k.removeprefix("cooccurrence."): v for k, v in arrays.items()
-                 if k.startswith("cooccurrence.")}
-            )  # fmt: skip
+        if learner.cooccurrence is not None:
+            learner.cooccurrence.restore(arrays)
         learner.replay.set_rng_state(_text_as_big_ints(meta["replay_rng"]))
         learner.model.set_rng_state(_text_as_big_ints(meta["model_rng"]))
         learner.position = {int(p): int(o) for p, o in meta["position"].items()}
@@ -664,8 +657,7 @@ class Learner:
         slots, and the item-to-item counts when the spec has the term."""
         state: dict[str, npt.NDArray[Any]] = dict(self.model.state(items))
         if self.cooccurrence is not None:
-            for name, array in self.cooccurrence.state().items():
-                state[f"cooccurrence.{name}"] = array
+            state.update(self.cooccurrence.state())
         return state
 
     def warm_start(
@@ -682,13 +674,7 @@ class Learner:
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
         if counts and state is not None and self.cooccurrence is not None:
-            stored = {
-                k.removeprefix("cooccurrence."): v
-                for k, v in state.items()
-                if k.startswith("cooccurrence.")
-            }
-            if stored:
-                self.cooccurrence.restore(stored)
+            self.cooccurrence.restore(state)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

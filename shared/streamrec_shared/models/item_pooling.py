@@ -37,7 +37,7 @@ Rows = npt.NDArray[np.int64]
 # The neighbor term sums into a dense row when the catalogue is at most this many times the
 # entries summed (the measured crossover of bincount + flatnonzero against np.unique).
 DENSE_SUM_FACTOR = 16
-_NEIGHBOR_ARRAYS = ("neighbor_indptr", "neighbor_rows", "neighbor_weights", "cooccurrence")
+_NEIGHBOR_ARRAYS = ("neighbor_indptr", "neighbor_rows", "neighbor_weights")
 
 
 def _no_rows() -> Rows:
@@ -81,7 +81,9 @@ class ItemPoolingWeights:
             "item_count": len(self.item_ids),
             "embedding_dim": int(self.item_in.shape[1]),
             "history_length": self.history_length,
+            # The term's scalars (its arrays are in the weights file); 0: no term.
             "cooccurrence_weight": self.cooccurrence_weight if self.has_neighbors else 0.0,
+            "cooccurrence_window": self.cooccurrence_window if self.has_neighbors else 0,
         }
         (folder / MANIFEST).write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
         (folder / ITEMS).write_bytes(orjson.dumps(self.item_ids))
@@ -97,9 +99,6 @@ class ItemPoolingWeights:
             arrays["neighbor_indptr"] = self.neighbor_indptr
             arrays["neighbor_rows"] = self.neighbor_rows
             arrays["neighbor_weights"] = self.neighbor_weights
-            arrays["cooccurrence"] = np.array(
-                [self.cooccurrence_weight, self.cooccurrence_window], dtype=np.float64
-            )
         with (folder / WEIGHTS).open("wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
 
@@ -112,7 +111,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def load_weights(folder: Path) -> ItemPoolingWeights:
-    read_manifest(folder)
+    manifest = read_manifest(folder)
     item_ids = orjson.loads((folder / ITEMS).read_bytes())
     with np.load(folder / WEIGHTS, allow_pickle=False) as arrays:
         dense: dict[str, Any] = {
@@ -122,13 +121,12 @@ def load_weights(folder: Path) -> ItemPoolingWeights:
         }
         neighbors: dict[str, Any] = {}
         if "neighbor_indptr" in arrays.files:
-            weight, window = (float(x) for x in arrays["cooccurrence"])
             neighbors = {
                 "neighbor_indptr": np.asarray(arrays["neighbor_indptr"], dtype=np.int64),
                 "neighbor_rows": np.asarray(arrays["neighbor_rows"], dtype=np.int64),
                 "neighbor_weights": np.asarray(arrays["neighbor_weights"], dtype=np.float32),
-                "cooccurrence_weight": weight,
-                "cooccurrence_window": int(window),
+                "cooccurrence_weight": float(manifest["cooccurrence_weight"]),
+                "cooccurrence_window": int(manifest["cooccurrence_window"]),
             }
         return ItemPoolingWeights(item_ids=list(item_ids), **dense, **neighbors)
 
