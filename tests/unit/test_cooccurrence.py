@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streamrec_shared.schemas.control import BoundedStream, FollowStream, OffsetRange
 from trainer.cooccurrence import Cooccurrence
 from trainer.learner import Learner
+from trainer.runs import events_read_again
 
 from tests.unit.test_learner import feed, hyperparameters, stream
 
@@ -197,3 +199,39 @@ def test_a_warm_start_that_reads_the_events_again_counts_them_once() -> None:
     # Raw counts: doubling every count would leave the cosines as they are.
     for name, array in counts_of(publisher).items():
         np.testing.assert_array_equal(counts_of(rereading)[name], array)
+
+
+def follow(start: str = "earliest", **offsets: int) -> FollowStream:
+    return FollowStream(
+        topic="events", start=start, offsets={int(p[1:]): o for p, o in offsets.items()}
+    )
+
+
+def batch(**starts: int) -> BoundedStream:
+    return BoundedStream(
+        topic="events",
+        partitions={int(p[1:]): OffsetRange(start=s, end=s + 100) for p, s in starts.items()},
+    )
+
+
+@pytest.mark.parametrize(
+    ("stream_read", "expected"),
+    [
+        (follow(), "all"),  # the evaluation's arm 5: a follow from the earliest offsets
+        (follow(p0=0, p1=0), "all"),
+        (batch(p0=0, p1=0), "all"),  # a retrain of the same range
+        (follow("latest"), "none"),
+        (follow(p0=40, p1=60), "none"),  # exactly where the version stopped
+        (follow("latest", p0=90), "none"),
+        (batch(p0=40, p1=60), "none"),
+        (batch(p0=0), "part"),  # p0 again, but p1's counts would be lost by a recount
+        (follow(p0=10), "part"),  # p0 from 10, p1 from the beginning
+        (follow("latest", p1=59), "part"),  # one event of p1 again
+    ],
+)
+def test_a_warm_start_knows_how_much_of_the_versions_events_it_reads_again(
+    stream_read: BoundedStream | FollowStream, expected: str
+) -> None:
+    # The version trained p0 through offset 40 and p1 through 60; p2 has nothing counted.
+    trained_through = {0: 40, 1: 60, 2: 0}
+    assert events_read_again(stream_read, trained_through) == expected

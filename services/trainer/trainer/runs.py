@@ -51,6 +51,7 @@ from streamrec_shared.schemas.control import (
     ControlMessageBase,
     FollowStream,
     ModelPublished,
+    Offsets,
     TrainingFailed,
     TrainingFinished,
     TrainingMode,
@@ -84,6 +85,34 @@ def register_run(registry: Registry, request: TrainRequested) -> RunRecord:
         start,
         end,
     )
+
+
+def events_read_again(
+    stream: BoundedStream | FollowStream, trained_through: Offsets
+) -> Literal["none", "all", "part"]:
+    """How much of a version's events a run warm-started from it reads again, from where the
+    run starts and the version's ``trained_through`` (next offset per partition): ``none``
+    where it starts at or past them in every partition, ``all`` where it starts at the
+    beginning of every one (a follow from the earliest offsets, a range from 0), else ``part``.
+
+    The item-to-item counts need it: a run continues the version's counts, unless it counts
+    the same events again itself."""
+    unnamed: int | None  # where a partition the stream does not name starts (None: unread)
+    if isinstance(stream, BoundedStream):
+        starts: dict[int, int] = {p: r.start for p, r in stream.partitions.items()}
+        unnamed = None
+    else:
+        starts = dict(stream.offsets)
+        unnamed = 0 if stream.start == "earliest" else None  # "latest": past every event
+    counted = [
+        (starts.get(p, unnamed), through) for p, through in trained_through.items() if through
+    ]
+    again = [start for start, through in counted if start is not None and start < through]
+    if not again:
+        return "none"
+    if len(again) == len(counted) and not any(again):
+        return "all"
+    return "part"
 
 
 class RunStopped(Exception):
@@ -289,12 +318,18 @@ class TrainingRun:
         folder = self.services.store.open(latest.artifact_uri, latest.digest)
         weights = load_weights(folder)
         state = self._training_state(latest.version, read_manifest(folder), weights)
-        stream = self.request.stream
-        # A follow run from the earliest offsets reads the version's events again and counts
-        # them itself; any other run continues the version's item-to-item counts.
-        rereads = isinstance(stream, FollowStream) and stream.start == "earliest"
+        # A run that reads all of the version's events again counts them itself; any other
+        # continues the version's item-to-item counts.
+        reread = events_read_again(self.request.stream, latest.trained_through)
+        if reread == "part" and self.hp.cooccurrence_weight > 0:
+            # Exact handling would need the offset of every counted event.
+            log.warning(
+                "run %s reads part of v%d's events again: their item pairs count twice",
+                self.run_id,
+                latest.version,
+            )
         try:
-            self._require_learner().warm_start(weights, state, counts=not rereads)
+            self._require_learner().warm_start(weights, state, counts=reread != "all")
         except ValueError as error:
             log.warning("run %s starts cold: %s", self.run_id, error)
             self._learner = Learner(self.hp, self.services.settings.max_seen_items)
