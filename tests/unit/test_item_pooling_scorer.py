@@ -83,18 +83,19 @@ def test_manifest_has_the_callers_fields_and_the_format(
     manifest = read_manifest(tmp_path)
     assert manifest == {
         "spec_id": "movies",
-        "format": 2,
+        "format": 3,
         "family": FAMILY,
         "item_count": 5,
         "embedding_dim": DIM,
         "history_length": LENGTH,
         "cooccurrence_weight": 0.0,
         "cooccurrence_window": 0,
+        "cooccurrence_decay": 1.0,
     }
 
 
 @pytest.mark.parametrize(
-    "change", [{"family": "two_tower"}, {"format": 3}, {"family": None}], ids=str
+    "change", [{"family": "two_tower"}, {"format": 4}, {"family": None}], ids=str
 )
 def test_read_manifest_rejects_other_artifacts(
     tmp_path: Path, weights: ItemPoolingWeights, change: dict[str, object]
@@ -239,7 +240,7 @@ NEIGHBORS = {0: [(1, 0.5), (2, 0.25)], 1: [(0, 0.5)], 2: [(0, 0.25), (1, 0.1)], 
 
 
 def with_neighbors(
-    weights: ItemPoolingWeights, weight: float = 2.0, window: int = 2
+    weights: ItemPoolingWeights, weight: float = 2.0, window: int = 2, decay: float = 1.0
 ) -> ItemPoolingWeights:
     indptr = np.cumsum([0] + [len(NEIGHBORS[row]) for row in range(5)])
     flat = [pair for row in range(5) for pair in NEIGHBORS[row]]
@@ -250,23 +251,35 @@ def with_neighbors(
         neighbor_weights=np.asarray([cosine for _, cosine in flat], dtype=np.float32),
         cooccurrence_weight=weight,
         cooccurrence_window=window,
+        cooccurrence_decay=decay,
     )
 
 
 @pytest.mark.parametrize("dense_factor", [0, 1000], ids=["sorted-sum", "dense-sum"])
+@pytest.mark.parametrize(
+    ("decay", "added"),
+    [
+        # c raises a 0.25 and b 0.1; a raises b 0.5 and c 0.25.
+        (1.0, {0: np.log1p(0.25), 1: np.log1p(0.6), 2: np.log1p(0.25)}),
+        # a, the second newest, counts half.
+        (0.5, {0: np.log1p(0.25), 1: np.log1p(0.35), 2: np.log1p(0.125)}),
+    ],
+)
 def test_the_neighbor_term_by_hand(
-    weights: ItemPoolingWeights, dense_factor: int, monkeypatch: pytest.MonkeyPatch
+    weights: ItemPoolingWeights,
+    dense_factor: int,
+    decay: float,
+    added: dict[int, float],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(item_pooling, "DENSE_SUM_FACTOR", dense_factor)
-    scorer = ItemPoolingScorer(with_neighbors(weights))
+    scorer = ItemPoolingScorer(with_neighbors(weights, decay=decay))
     history = rows([2, 0, 1, -1])  # c, a, then b: outside the window of 2
     plain = scorer.scores(scorer.user_vectors(history))[0]
     scores = scorer.scores(scorer.user_vectors(history), history)[0]
-    # c raises a 0.25 and b 0.1; a raises b 0.5 and c 0.25.
-    added = {0: 2.0 * np.log1p(0.25), 1: 2.0 * np.log1p(0.6), 2: 2.0 * np.log1p(0.25)}
     expected = plain.copy()
     for row, value in added.items():
-        expected[row] += value
+        expected[row] += 2.0 * value  # the term's weight
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
@@ -292,12 +305,13 @@ def test_no_term_without_history_weight_or_neighbors(weights: ItemPoolingWeights
 
 
 def test_neighbors_round_trip(tmp_path: Path, weights: ItemPoolingWeights) -> None:
-    original = with_neighbors(weights, weight=1.5, window=3)
+    original = with_neighbors(weights, weight=1.5, window=3, decay=0.75)
     original.save(tmp_path, {})
     loaded = load_weights(tmp_path)
     manifest = read_manifest(tmp_path)
-    assert (manifest["cooccurrence_weight"], manifest["cooccurrence_window"]) == (1.5, 3)
-    assert (loaded.cooccurrence_weight, loaded.cooccurrence_window) == (1.5, 3)
+    term = ("cooccurrence_weight", "cooccurrence_window", "cooccurrence_decay")
+    assert [manifest[name] for name in term] == [1.5, 3, 0.75]
+    assert [getattr(loaded, name) for name in term] == [1.5, 3, 0.75]
     for name in ("neighbor_indptr", "neighbor_rows", "neighbor_weights"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(original, name))
     assert loaded.neighbor_weights.dtype == np.float32
@@ -317,4 +331,22 @@ def test_a_format_1_artifact_still_loads_and_scores_as_before(
     np.testing.assert_array_equal(
         scorer.scores(scorer.user_vectors(history), history),
         ItemPoolingScorer(weights).scores(ItemPoolingScorer(weights).user_vectors(history)),
+    )
+
+
+def test_a_format_2_artifact_still_loads_and_scores_without_decay(
+    tmp_path: Path, weights: ItemPoolingWeights
+) -> None:
+    undecayed = with_neighbors(weights, window=3)
+    undecayed.save(tmp_path, {})
+    manifest = orjson.loads((tmp_path / MANIFEST).read_bytes())
+    del manifest["cooccurrence_decay"]
+    (tmp_path / MANIFEST).write_bytes(orjson.dumps({**manifest, "format": 2}))
+    loaded = load_weights(tmp_path)
+    assert loaded.cooccurrence_decay == 1.0
+    history = rows([2, 0, 1, -1])
+    scorer, expected = ItemPoolingScorer(loaded), ItemPoolingScorer(undecayed)
+    np.testing.assert_array_equal(
+        scorer.scores(scorer.user_vectors(history), history),
+        expected.scores(expected.user_vectors(history), history),
     )

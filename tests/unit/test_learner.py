@@ -373,10 +373,11 @@ def test_evaluate_the_candidate_like_a_serving_scorer(learner: Learner) -> None:
     learner.train_pending(flush=True)
     feed(learner, stream(users=6, events=30, items=12, seed=2), hold_out=True)
     scorer = ItemPoolingScorer(learner.candidate())
+    assert scorer.weights.has_neighbors  # the item-to-item term is on by default
     held = learner.heldout
     history = np.asarray(held.history, dtype=np.int64)
     ranks = target_ranks(
-        scorer.scores(scorer.user_vectors(history)),
+        scorer.scores(scorer.user_vectors(history), history),
         np.asarray(held.target),
         [np.asarray(rows, dtype=np.int64) for rows in held.seen],
     )

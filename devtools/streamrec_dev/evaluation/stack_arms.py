@@ -95,8 +95,6 @@ EVALUATION_HYPERPARAMETERS: dict[str, Any] = {
     "tie_embeddings": True,
     "mask_history": True,
     "history_length": 50,
-    # The counted item-to-item term (in process on ML-100K: HR@10 0.222 -> 0.229).
-    "cooccurrence_weight": 4.0,
 }
 EVALUATION_SPEC = "evaluation"
 # What the popularity arms' inference serves: no run ever trains it, so every answer comes from

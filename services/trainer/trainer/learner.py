@@ -509,6 +509,7 @@ class Learner:
             neighbor_weights=cosines,
             cooccurrence_weight=self.hp.cooccurrence_weight,
             cooccurrence_window=self.hp.cooccurrence_window,
+            cooccurrence_decay=self.hp.cooccurrence_decay,
         )
 
     def evaluate(self, scorer: ItemPoolingScorer, limit: int) -> dict[str, float]:

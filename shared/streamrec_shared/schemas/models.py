@@ -53,8 +53,10 @@ class ItemPoolingHyperparameters(_Strict):
         default=False,
         description="Leave each example's history items out of its softmax (exact softmax only).",
     )
+    # On by default: it raised HR@10 on both evaluation datasets (in process, ML-100K 0.222 ->
+    # 0.229, synthetic 0.362 -> 0.392) for ~50 µs a request (``make bench-scoring``).
     cooccurrence_weight: float = Field(
-        default=0.0,
+        default=4.0,
         ge=0,
         le=100,
         description=(
@@ -67,6 +69,15 @@ class ItemPoolingHyperparameters(_Strict):
         ge=1,
         le=200,
         description="Items before an event it is paired with, and newest items scored against.",
+    )
+    cooccurrence_decay: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description=(
+            "The user's k-th newest item counts decay^k in the term: the newest items say most"
+            " about the next one."
+        ),
     )
     cooccurrence_neighbors: int = Field(
         default=100, ge=1, le=10_000, description="Neighbors kept per item in a version."
