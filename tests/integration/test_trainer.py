@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,48 @@ async def test_a_deferred_cycle_waits_a_full_interval_and_trains_no_partial_batc
     trained_since = run["live"]["events_trained"] - first["events_trained"]
     assert trained_since > 0
     assert trained_since % 48 == 0, trained_since
+    assert (await trainer.post(f"{path}/stop")).status_code == 202
+    await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
+
+
+async def test_a_deferred_cycle_comes_again_as_soon_as_its_sample_suffices(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    """Where the held-out sample sets the pace, a version comes when the sample suffices, not
+    a full ``every_s`` after the deferral (on the synthetic stream, ~6 s a version at 2 s)."""
+    await create_spec(trainer)
+    every_s = 6.0
+    response = await trainer.post(
+        "/v1/specs/chain/runs",
+        json={
+            "mode": "incremental",
+            "publish": {"every_s": every_s, "every_events": 40},
+            # Every first event of a user is held out; the gate passes any candidate.
+            "validation": {"rate": 1.0, "min_events": 20, "tolerance": 1.0},
+        },
+    )
+    assert response.status_code == 202, response.text
+    path = f"/v1/runs/{response.json()['run_id']}"
+    kafka, topic = trainer_settings.kafka, trainer_settings.topics.events
+    await produce(kafka, topic, chain_events(10, 4, 12))  # 40 events: due at once
+    await wait_for(trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 1)
+    # Ten new users' first events: 10 held out, too few; the cycle defers after every_s.
+    await produce(kafka, topic, chain_events(10, 1, 12, user_prefix="a"))
+
+    def deferrals(body: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in body["recent_steps"] if s["metrics"]["decision"] == "deferred"]
+
+    deferred = deferrals(await wait_for(trainer, path, deferrals, timeout_s=4 * every_s))[0]
+    # Ten more: 20 held out, 20 new events (below every_events): the sample now decides.
+    await produce(kafka, topic, chain_events(10, 1, 12, user_prefix="b"))
+    v2 = await wait_for(
+        trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 2, timeout_s=30
+    )
+    waited = datetime.fromisoformat(v2["created_at"]) - datetime.fromisoformat(
+        deferred["recorded_at"]
+    )
+    # A full interval after the deferral would be >= every_s, however fast the machine.
+    assert waited.total_seconds() < every_s, (deferred, v2)
     assert (await trainer.post(f"{path}/stop")).status_code == 202
     await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
 

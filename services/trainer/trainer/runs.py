@@ -425,9 +425,7 @@ class TrainingRun:
         policy = self.request.validation
         self._refresh_baseline()
         if self._baseline is not None and not final_batch:
-            # The gate ranks at most max_events of them.
-            sample = min(len(learner.heldout), policy.max_events)
-            short = short_sample(policy, sample, final_batch=False)
+            short = self._short_sample()
             if short is not None:
                 # Deferred whatever the metrics: no candidate to export and rank, and no flush
                 # either (a flush trains a mini-batch of a few fresh events and a full share of
@@ -485,6 +483,13 @@ class TrainingRun:
             gate=verdict.record(),
             checkpointed=checkpointed,
         )
+
+    def _short_sample(self) -> Verdict | None:
+        """The deferral, while the held-out sample is smaller than the gate needs."""
+        policy = self.request.validation
+        # The gate ranks at most max_events of them.
+        sample = min(len(self._require_learner().heldout), policy.max_events)
+        return short_sample(policy, sample, final_batch=False)
 
     def _deferred(self, learner: Learner, verdict: Verdict, began: float) -> CycleResult:
         checkpointed = self._checkpoint_if_due()
@@ -709,6 +714,7 @@ class TrainingRun:
             # Examples built but not trained yet, beyond which reading waits for training.
             backlog = 4 * max(limit, self.hp.batch_size)
             last_cycle, observed_then = time.monotonic(), learner.events_observed
+            waiting_for_sample = False  # the last cycle deferred: too few held-out events
             training: asyncio.Future[None] | None = None
             reported = learner.events_trained
             while True:
@@ -741,11 +747,16 @@ class TrainingRun:
                 due = new_events >= policy.every_events or (
                     new_events > 0 and time.monotonic() - last_cycle >= policy.every_s
                 )
+                # A deferred cycle comes again as soon as its sample suffices, not a full
+                # interval later: judged cycles stay at least ``every_s`` apart, and where the
+                # sample sets the pace (few events, many repeats) versions come sooner.
+                due = due or (waiting_for_sample and self._short_sample() is None)
                 if due:
                     if training is not None:
                         await training
                         training = None
                     result = await self._in_worker(self._cycle, False)
+                    waiting_for_sample = result.decision == "deferred"
                     reported = learner.events_trained
                     await self._record_cycle(result)
                     if result.checkpointed:  # committed offsets never pass the checkpoint
