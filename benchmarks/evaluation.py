@@ -102,8 +102,14 @@ def main() -> int:
     parser.add_argument(
         "--gate-rate",
         type=float,
-        default=None,
-        help="share of events arm 5's follow run holds out for its gate (default: the product's)",
+        default=StackEvaluationSettings.gate_rate,
+        help="share of events arm 5's follow run holds out for its gate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--publish-every-s",
+        type=float,
+        default=StackEvaluationSettings.publish_every_s,
+        help="how often arm 5's follow run publishes at most (seconds; default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()
@@ -120,7 +126,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown stack arm(s) {unknown}; known: {list(STACK_ARMS)}")
     settings = StackEvaluationSettings(
-        gate_min_events=options.gate_min_events, gate_rate=options.gate_rate
+        gate_min_events=options.gate_min_events,
+        gate_rate=options.gate_rate,
+        publish_every_s=options.publish_every_s,
     )
     for name in options.datasets.split(","):
         if name == "ml-100k" and not ml_100k_path().is_file():

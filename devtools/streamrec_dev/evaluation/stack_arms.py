@@ -169,7 +169,10 @@ class StackEvaluationSettings:
     history_epochs: int = 10  # passes of the batch run over the history (as in process)
     retrain_epochs: int = 10  # passes of each full retrain of ``periodic-retrain``
     publish_every_events: int = 1000  # ``incremental``'s publish cadence (as in process) ...
-    publish_every_s: float = 2.0  # ... or this often, whichever comes first
+    # ... or this often, whichever comes first. With ``gate_rate`` 0.3 (synthetic, arm 5,
+    # one run each): every 2 s 34 versions, HR@10 0.419; every 1 s 61 versions, 0.468.
+    # ML-100K: 289 versions, 0.227 (against 133 and 0.226), trainer CPU unchanged (123 s).
+    publish_every_s: float = 1.0
     # Batch runs hold out the newest share of their range for the gate: keep it small, the
     # newest events are the most useful ones to learn.
     batch_holdout: float = 0.01
@@ -177,8 +180,11 @@ class StackEvaluationSettings:
     # (``ValidationPolicy.min_events``).
     gate_min_events: int | None = None
     # Share of events a follow run holds out for its gate; None: the product's default
-    # (``ValidationPolicy.rate``).
-    gate_rate: float | None = None
+    # (``ValidationPolicy.rate``, 0.1). Where the sample sets the pace (the gate needs 30
+    # scorable events; 64 % of synthetic events are repeats), 0.3 brings versions sooner:
+    # synthetic arm 5 at every 2 s, 26 versions and HR@10 0.399/0.409 at 0.1, 34 and 0.419 at
+    # 0.3. A held-out event is trained once the cycle that judged it is over.
+    gate_rate: float | None = 0.3
     rate: float | None = None  # evaluated events/s (None: as fast as the stack answers)
     ready_timeout_s: float = 900.0
 
