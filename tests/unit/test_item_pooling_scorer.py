@@ -274,6 +274,7 @@ def test_the_neighbor_term_by_hand(
 ) -> None:
     monkeypatch.setattr(item_pooling, "DENSE_SUM_FACTOR", dense_factor)
     scorer = ItemPoolingScorer(with_neighbors(weights, decay=decay))
+    assert (scorer._padded is not None) == (dense_factor > 0)  # the path under test
     history = rows([2, 0, 1, -1])  # c, a, then b: outside the window of 2
     plain = scorer.scores(scorer.user_vectors(history))[0]
     scores = scorer.scores(scorer.user_vectors(history), history)[0]
@@ -283,25 +284,41 @@ def test_the_neighbor_term_by_hand(
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
-def test_one_history_item_takes_its_row_alone(weights: ItemPoolingWeights) -> None:
+@pytest.mark.parametrize("dense_factor", [0, 1000], ids=["sorted-sum", "dense-sum"])
+def test_one_history_item_takes_its_row_alone(
+    weights: ItemPoolingWeights, dense_factor: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(item_pooling, "DENSE_SUM_FACTOR", dense_factor)
     scorer = ItemPoolingScorer(with_neighbors(weights))
-    term = scorer.neighbor_term([1])
-    assert term is not None
-    items, values = term
-    assert items.tolist() == [0]
-    np.testing.assert_allclose(values, [2.0 * np.log1p(0.5)], rtol=1e-6)
+    scores = np.zeros(len(ITEMS), dtype=np.float32)
+    scorer.add_neighbor_term(scores, [1])
+    np.testing.assert_allclose(scores, [2.0 * np.log1p(0.5), 0, 0, 0, 0], rtol=1e-6)
 
 
 def test_no_term_without_history_weight_or_neighbors(weights: ItemPoolingWeights) -> None:
-    assert ItemPoolingScorer(with_neighbors(weights)).neighbor_term([]) is None
-    assert ItemPoolingScorer(with_neighbors(weights, weight=0.0)).neighbor_term([0]) is None
-    assert ItemPoolingScorer(weights).neighbor_term([0]) is None
+    for scorer, history in [
+        (ItemPoolingScorer(with_neighbors(weights)), []),
+        (ItemPoolingScorer(with_neighbors(weights, weight=0.0)), [0]),
+        (ItemPoolingScorer(weights), [0]),
+    ]:
+        scores = np.zeros(len(ITEMS), dtype=np.float32)
+        scorer.add_neighbor_term(scores, history)
+        assert not scores.any()
     history = rows([0, 1, -1, -1])
     scorer = ItemPoolingScorer(weights)
     np.testing.assert_array_equal(
         scorer.scores(scorer.user_vectors(history), history),
         scorer.scores(scorer.user_vectors(history)),
     )
+
+
+def test_the_padded_lists_stay_within_their_memory_bound(
+    weights: ItemPoolingWeights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(item_pooling, "DENSE_SUM_FACTOR", 1000)
+    assert ItemPoolingScorer(with_neighbors(weights))._padded is not None
+    monkeypatch.setattr(item_pooling, "PADDED_MAX_CELLS", 9)  # 5 items × 2 neighbors
+    assert ItemPoolingScorer(with_neighbors(weights))._padded is None
 
 
 def test_neighbors_round_trip(tmp_path: Path, weights: ItemPoolingWeights) -> None:

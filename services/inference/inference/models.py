@@ -89,9 +89,7 @@ class ServedModel:
         else:
             user = weights.projection_bias  # no known history: the model's prior
         scores: npt.NDArray[np.float32] = weights.item_out @ user + weights.item_bias
-        term = self.scorer.neighbor_term(rows)
-        if term is not None:
-            scores[term[0]] += term[1]
+        self.scorer.add_neighbor_term(scores, rows)
         return scores
 
 
