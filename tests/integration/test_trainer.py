@@ -190,25 +190,30 @@ async def test_follow_run_publishes_again_and_new_items_become_recommendable(
     assert stopped["run"]["trained_through"]
 
 
+async def start_follow_run(
+    trainer: httpx.AsyncClient, publish: dict[str, Any], validation: dict[str, Any]
+) -> str:
+    """Create the chain spec and start an incremental run on it; the run's path."""
+    await create_spec(trainer)
+    body = {"mode": "incremental", "publish": publish, "validation": validation}
+    response = await trainer.post("/v1/specs/chain/runs", json=body)
+    assert response.status_code == 202, response.text
+    return f"/v1/runs/{response.json()['run_id']}"
+
+
 async def test_a_deferred_cycle_waits_a_full_interval_and_trains_no_partial_batch(
     trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
 ) -> None:
     """While the held-out sample is below ``min_events``, a cycle defers; the next attempt comes
     ``every_s`` later, not at every fetch (each attempt flushed a partial mini-batch and wrote a
     registry row: on ML-100K that cost 0.03 HR@10 and two thirds of the trainer's CPU)."""
-    await create_spec(trainer)
     every_s = 0.5
-    response = await trainer.post(
-        "/v1/specs/chain/runs",
-        json={
-            "mode": "incremental",
-            "publish": {"every_s": every_s, "every_events": 100_000},
-            # v1 needs no sample (no baseline yet); every later cycle defers.
-            "validation": {"rate": 0.1, "min_events": 100_000, "tolerance": 1.0},
-        },
+    path = await start_follow_run(
+        trainer,
+        publish={"every_s": every_s, "every_events": 100_000},
+        # v1 needs no sample (no baseline yet); every later cycle defers.
+        validation={"rate": 0.1, "min_events": 100_000, "tolerance": 1.0},
     )
-    assert response.status_code == 202, response.text
-    path = f"/v1/runs/{response.json()['run_id']}"
     topic = trainer_settings.topics.events
     await produce(trainer_settings.kafka, topic, chain_events(10, 10, 12))
     first = await wait_for(trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 1)
@@ -238,19 +243,13 @@ async def test_a_deferred_cycle_comes_again_as_soon_as_its_sample_suffices(
 ) -> None:
     """Where the held-out sample sets the pace, a version comes when the sample suffices, not
     a full ``every_s`` after the deferral (on the synthetic stream, ~6 s a version at 2 s)."""
-    await create_spec(trainer)
     every_s = 6.0
-    response = await trainer.post(
-        "/v1/specs/chain/runs",
-        json={
-            "mode": "incremental",
-            "publish": {"every_s": every_s, "every_events": 40},
-            # Every first event of a user is held out; the gate passes any candidate.
-            "validation": {"rate": 1.0, "min_events": 20, "tolerance": 1.0},
-        },
+    path = await start_follow_run(
+        trainer,
+        publish={"every_s": every_s, "every_events": 40},
+        # Every first event of a user is held out; the gate passes any candidate.
+        validation={"rate": 1.0, "min_events": 20, "tolerance": 1.0},
     )
-    assert response.status_code == 202, response.text
-    path = f"/v1/runs/{response.json()['run_id']}"
     kafka, topic = trainer_settings.kafka, trainer_settings.topics.events
     await produce(kafka, topic, chain_events(10, 4, 12))  # 40 events: due at once
     await wait_for(trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 1)
