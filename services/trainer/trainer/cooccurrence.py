@@ -31,7 +31,6 @@ class Cooccurrence:
     def __init__(self, window: int, max_pairs: int) -> None:
         self.window = window
         self.max_pairs = max_pairs
-        self.halvings = 0  # times the bound halved the counts (for the run's figures)
         self.codes: Codes = np.zeros(0, dtype=np.int64)  # sorted, unique
         self.counts: Counts = np.zeros(0, dtype=np.float64)
         self.item_events: Counts = np.zeros(0, dtype=np.float64)  # events per item row
@@ -79,7 +78,6 @@ class Cooccurrence:
             self.item_events *= 0.5
             kept = self.counts >= 1.0
             self.codes, self.counts = self.codes[kept], self.counts[kept]
-            self.halvings += 1
 
     def neighbors(self, items: int, top: int) -> tuple[Codes, Codes, npt.NDArray[np.float32]]:
         """Per item row below ``items``, its ``top`` neighbors by cosine, as CSR arrays
@@ -111,14 +109,13 @@ class Cooccurrence:
             f"{PREFIX}item_events": self.item_events,
         }
 
-    def restore(self, arrays: Mapping[str, npt.NDArray[Any]]) -> bool:
+    def restore(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         """The counts ``state`` wrote, from ``arrays`` (which may hold other state too);
-        False, and nothing changed, when they are not there (state from before the term)."""
+        nothing changes when they are not there (state from before the term)."""
         if f"{PREFIX}codes" not in arrays:
-            return False
+            return
         self.codes = np.asarray(arrays[f"{PREFIX}codes"], dtype=np.int64)
         self.counts = np.asarray(arrays[f"{PREFIX}counts"], dtype=np.float64)
         self.item_events = np.asarray(arrays[f"{PREFIX}item_events"], dtype=np.float64)
         self._pending.clear()
         self._pending_items.clear()
-        return True

@@ -13,9 +13,9 @@ over pairs within users' last ``cooccurrence_window`` items) and the score gets
 newest items. It reacts to an item the stream just made popular in one version, where the
 embeddings need many steps; format 1 artifacts (no such arrays) score as before.
 
-Format 3 weighs the k-th newest of those items ``cooccurrence_decay^k`` in the sum (in process
-on ML-100K, HR@10 +0.001 to +0.003 over three seeds at 0.8); format 2 artifacts have no decay
-(1.0) and score as before.
+Format 3 weighs the k-th newest of those items ``cooccurrence_decay^k`` in the sum (one-off runs
+of ``benchmarks/model_arms.PoolingArm`` on ML-100K, decay 0.8 against 1.0: HR@10 +0.001 to
++0.003 over three seeds); format 2 artifacts have no decay (1.0) and score as before.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ WEIGHTS = "weights.npz"
 Floats = npt.NDArray[np.float32]
 Rows = npt.NDArray[np.int64]
 # The neighbor term sums into a dense row when the catalogue is at most this many times the
-# entries a user's window gathers (the measured crossover of a dense sum against np.unique),
-# from padded copies of the lists of at most this many cells (12 B each).
-DENSE_SUM_FACTOR = 16
+# entries a user's window gathers, from padded copies of the lists of at most this many cells
+# (12 B each). The crossover, timed once for 10 rows of 100 neighbors (p50 of the term alone,
+# padded against CSR + np.unique): 1,682 items 12 vs 56 µs, 16,000 36 vs 59, 32,000 62 vs 60.
+DENSE_SUM_FACTOR = 32
 PADDED_MAX_CELLS = 4_000_000
 _NEIGHBOR_ARRAYS = ("neighbor_indptr", "neighbor_rows", "neighbor_weights")
 
@@ -209,7 +210,8 @@ class ItemPoolingScorer:
         decay = self._decay[: len(newest)]
         if self._padded is not None:
             # A small catalogue: the newest rows' blocks at once, summed into a dense row (no
-            # sort, no scatter): 13 µs against 34 through the CSR arrays at 1,682 items.
+            # sort, no scatter; ``make bench-scoring``, one user at 1,682 items: 69 µs with the
+            # term, 100 µs with session 8's gather through the CSR arrays, 50 without it).
             neighbor_rows, neighbor_weights = self._padded
             summed = np.bincount(
                 neighbor_rows[newest].ravel(),
