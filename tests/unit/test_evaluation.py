@@ -192,6 +192,9 @@ def test_protocol_is_test_then_train_with_hand_computed_metrics() -> None:
     assert result.cold_metrics["hr@10"] == 1.0
     assert result.cold_metrics["events"] == 1
     assert result.warm_metrics["events"] == 2
+    # u4 had touched nothing (hit); u1 two items (hit), u2 one (miss at 10): empty buckets left out
+    by_touched = [(b.label, b.scored, b.metrics["hr@10"]) for b in result.by_touched]
+    assert by_touched == [("0", 1, 1.0), ("1-4", 2, 0.5)]
 
 
 def test_windows_split_the_evaluated_part_evenly() -> None:
@@ -727,6 +730,13 @@ def test_report_writes_table_json_and_plots(tmp_path: Path) -> None:
     table = (folder / "results.md").read_text()
     assert "| cooccurrence-last10 |" in table
     assert "HR@10" in table
+    # The second table: one column per "items touched before" bucket, one row per arm.
+    touched_rows = [line for line in table.splitlines() if line.startswith("| arm | ")]
+    assert len(touched_rows) == 2
+    buckets = results[0].by_touched
+    assert touched_rows[1].count("|") == len(buckets) + 2
+    hr_cells = [f"{b.metrics['hr@10']:.3f}" for b in results[1].by_touched]
+    assert f"| cooccurrence-last10 | {' | '.join(hr_cells)} |" in table
     run = orjson.loads((folder / "results.json").read_bytes())
     assert [r["arm"] for r in run["results"]] == ["popularity-history", "cooccurrence-last10"]
     assert (folder / "final.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

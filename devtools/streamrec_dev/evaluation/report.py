@@ -2,7 +2,8 @@
 
 Everything goes under ``benchmarks/results/evaluation/<dataset>/``:
 
-- ``results.md``: the table (HR/NDCG at 10 and 20, cold-user HR@10, runtime);
+- ``results.md``: the table (HR/NDCG at 10 and 20, cold-user HR@10, runtime) and HR@10 by how
+  many items the user had touched when asked;
 - ``results.json``: the run (dataset, protocol, every arm's result), ``<arm>.json`` each arm;
 - ``hr10_over_time.png``: the windowed HR@10 curve of every arm (5 % windows);
 - ``final.png``: bars of the final HR@10 and NDCG@10.
@@ -46,6 +47,29 @@ def markdown_table(results: Sequence[EvaluationResult]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def touched_table(results: Sequence[EvaluationResult]) -> str:
+    """HR@10 per arm and "items touched before" bucket (results from before the buckets: none)."""
+    with_buckets = [r for r in results if r.by_touched]
+    if not with_buckets:
+        return ""
+    buckets = with_buckets[0].by_touched  # the same interactions are scored for every arm
+    head = (
+        "| arm | "
+        + " | ".join(f"{b.label} ({b.scored:,})" for b in buckets)
+        + " |\n|---|"
+        + "---:|" * len(buckets)
+        + "\n"
+    )
+    rows = [
+        f"| {r.arm} | " + " | ".join(f"{b.metrics['hr@10']:.3f}" for b in r.by_touched) + " |"
+        for r in with_buckets
+    ]
+    return (
+        "\nHR@10 by how many items the user had touched when asked (scored interactions in "
+        "parentheses):\n\n" + head + "\n".join(rows) + "\n"
+    )
+
+
 def describe(results: Sequence[EvaluationResult], dataset: str, source: str) -> str:
     if not results:
         return f"# Evaluation: {dataset}\n\nno arms ran\n"
@@ -59,7 +83,7 @@ def describe(results: Sequence[EvaluationResult], dataset: str, source: str) -> 
         f"{first.repeats:,} repeats of an already touched item skipped, {first.cold_scored:,} "
         f"from users absent from the history, {first.unknown_targets:,} targets never seen "
         f"before). Top-{config.k} lists, touched items excluded; HR/NDCG averaged over scored "
-        f"interactions.\n\n" + markdown_table(results)
+        f"interactions.\n\n" + markdown_table(results) + touched_table(results)
     )
 
 
