@@ -58,7 +58,7 @@ def test_model_arms_answer_from_the_model(results: dict[str, EvaluationResult]) 
     for name in ("frozen", "frozen-fresh-features", "incremental", "periodic-retrain"):
         extra = results[name].extra
         assert "None" not in extra["model_versions"], name
-        if name != "frozen":  # frozen features: cold users stay on popularity
+        if name != "frozen":  # frozen features: cold users get the prior ("model_prior")
             assert extra["fallbacks"].get("None", 0) > results[name].scored / 2, name
 
 

@@ -114,7 +114,10 @@ async def test_fallbacks_personalisation_fresh_events_and_filters(
                            lambda b: b["fallback"] is None)  # fmt: skip
         assert "i11" in [item["item_id"] for item in fresh["items"][:3]]
 
-        # Unknown user: popularity (trending when asked), never an error.
+        # Unknown user: the model's prior (trending when asked), never an error.
+        prior = await recommend(inference, "stranger", k=5)
+        assert (prior["fallback"], prior["model_version"]) == ("model_prior", version)
+        assert len(prior["items"]) == 5
         unknown = await recommend(inference, "stranger", trending="true", k=5)
         assert unknown["fallback"] == "trending"
         assert len(unknown["items"]) == 5

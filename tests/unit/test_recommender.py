@@ -99,12 +99,31 @@ async def test_personalised_scores_follow_the_model_and_exclude_seen() -> None:
     assert unfiltered.items[0][0] == "i3"
 
 
-async def test_unknown_user_and_no_model_get_popularity_or_trending() -> None:
+async def test_an_unknown_user_gets_the_models_prior_or_trending() -> None:
     features = FakeFeatures()
     chain = recommender(served(), features)
-    assert (await chain.recommend("nobody", 2)).fallback == "popularity"
-    assert [i for i, _ in (await chain.recommend("nobody", 2)).items] == ["i2", "i4"]
+    prior = await chain.recommend("nobody", 2)
+    # The bias favours i5; the other items tie at 0 (popularity would say i2, i4).
+    assert (prior.fallback, prior.model_version, prior.items[0]) == ("model_prior", 1, ("i5", 0.5))
+    # Exclusions apply to it: asked ones, and the seen set of a user whose recent items expired.
+    features.users["expired"] = Features(recent=[], seen=["i5"])
+    for answer in (
+        await chain.recommend("nobody", 1, exclude=["i5"]),
+        await chain.recommend("expired", 1),
+    ):
+        assert answer.fallback == "model_prior"
+        assert answer.items[0][0] != "i5"
+        assert answer.items[0][1] == 0.0
     assert (await chain.recommend("nobody", 2, trending=True)).items == [("i3", 2.0)]
+    # The prior is the scores of an empty history, computed once per version: a copy each time.
+    model = served()
+    np.testing.assert_array_equal(model.scores([]), model.prior)
+    model.scores([])[:] = -1.0
+    assert model.prior[5] == pytest.approx(0.5)
+
+
+async def test_without_a_model_an_unknown_user_gets_popularity() -> None:
+    features = FakeFeatures()
     no_model = await recommender(None, features).recommend("nobody", 5, exclude=["i2"])
     assert no_model.fallback == "popularity"
     assert no_model.model_version is None
@@ -113,7 +132,7 @@ async def test_unknown_user_and_no_model_get_popularity_or_trending() -> None:
 
 async def test_popularity_comes_from_the_copy_in_memory_while_it_is_fresh() -> None:
     features = FakeFeatures()
-    chain = recommender(served(), features, popularity_cache_s=0.2)
+    chain = recommender(None, features, popularity_cache_s=0.2)
     await chain._refresh_memory_once()
     features.popularity = [("i1", 9.0)]  # Redis moved on; the copy has not yet
     fresh = await chain.recommend("nobody", 2, exclude=["i2"])
@@ -124,7 +143,7 @@ async def test_popularity_comes_from_the_copy_in_memory_while_it_is_fresh() -> N
     stale = await chain.recommend("nobody", 2)
     assert (stale.fallback, stale.items) == ("popularity", [("i1", 9.0)])
     # Never from the copy when asked not to cache (the default), nor for trending.
-    uncached = recommender(served(), features)
+    uncached = recommender(None, features)
     uncached._memory_popular = [("i4", 1.0)]
     uncached._memory_popular_at = asyncio.get_running_loop().time()
     assert (await uncached.recommend("nobody", 1)).items == [("i1", 9.0)]
@@ -158,8 +177,13 @@ async def test_unavailable_items_and_tags_are_respected() -> None:
     chain.catalog.version = 1
     assert "i3" not in [i for i, _ in (await chain.recommend("u", 6)).items]
     assert [i for i, _ in (await chain.recommend("u", 6, tag="drama")).items] == ["i0"]
-    popular = await chain.recommend("nobody", 6, tag="drama")
-    assert popular.items == []
+    prior = await chain.recommend("nobody", 6, tag="drama")
+    assert [i for i, _ in prior.items] == ["i0"]
+    assert "i3" not in [i for i, _ in (await chain.recommend("nobody", 6)).items]
+    # Without a model: popularity, filtered the same way (none of i2, i4, i1 is a drama).
+    without_model = recommender(None, features)
+    without_model.catalog.items, without_model.catalog.version = chain.catalog.items, 1
+    assert (await without_model.recommend("nobody", 6, tag="drama")).items == []
 
 
 def test_similar_items_by_embedding() -> None:

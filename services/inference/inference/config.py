@@ -43,7 +43,10 @@ class InferenceSettings(BaseSettings):
         default=1.0,
         ge=0,
         le=60,
-        description="Popularity for users without history from a copy this young (0: Redis).",
+        description=(
+            "Before the first model, popularity for users without history from a copy this"
+            " young (0: Redis)."
+        ),
     )
 
     # --- features (Redis) -----------------------------------------------------------------

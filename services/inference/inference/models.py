@@ -58,9 +58,14 @@ class ServedModel:
     # Row n: the pooling weights of a history of n known items (softmax over the first n
     # position logits, zeros after). They depend on n only, so they are computed once here.
     attention: npt.NDArray[np.float32] = field(init=False, repr=False, compare=False)
+    # The scores of a user with no known history (the model's prior): the same for everyone.
+    prior: npt.NDArray[np.float32] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        logits = self.scorer.weights.position_logits
+        weights = self.scorer.weights
+        prior = weights.item_out @ weights.projection_bias + weights.item_bias
+        object.__setattr__(self, "prior", prior.astype(np.float32))
+        logits = weights.position_logits
         table = np.zeros((len(logits) + 1, len(logits)), dtype=np.float32)
         for n in range(1, len(logits) + 1):
             weights = np.exp(logits[:n] - logits[:n].max())
@@ -82,13 +87,11 @@ class ServedModel:
         weights = self.scorer.weights
         get = self.scorer.rows.get
         rows = [row for row in map(get, recent[: self.history_length]) if row is not None]
-        user: npt.NDArray[np.float32]
-        if rows:
-            pooled = self.attention[len(rows), : len(rows)] @ weights.item_in[rows]
-            user = pooled @ weights.projection + weights.projection_bias  # type: ignore[assignment]
-        else:
-            user = weights.projection_bias  # no known history: the model's prior
-        scores: npt.NDArray[np.float32] = weights.item_out @ user + weights.item_bias
+        if not rows:
+            return self.prior.copy()  # callers mask their copy
+        pooled = self.attention[len(rows), : len(rows)] @ weights.item_in[rows]
+        user = pooled @ weights.projection + weights.projection_bias
+        scores: npt.NDArray[np.float32] = weights.item_out @ user + weights.item_bias  # type: ignore[assignment]
         self.scorer.add_neighbor_term(scores, rows)
         return scores
 

