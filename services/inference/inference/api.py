@@ -43,7 +43,8 @@ class RecommendationQuery(BaseModel):
     exclude: list[EntityId] = Field(default_factory=list, max_length=1000)
     tag: Tag | None = Field(default=None, description="Only items carrying this tag.")
     trending: bool = Field(
-        default=False, description="Trending instead of popularity for users without history."
+        default=False,
+        description="Trending items instead of the model's prior for users without history.",
     )
 
 
