@@ -68,8 +68,8 @@ class ServedModel:
         logits = weights.position_logits
         table = np.zeros((len(logits) + 1, len(logits)), dtype=np.float32)
         for n in range(1, len(logits) + 1):
-            weights = np.exp(logits[:n] - logits[:n].max())
-            table[n, :n] = weights / weights.sum()
+            exp = np.exp(logits[:n] - logits[:n].max())
+            table[n, :n] = exp / exp.sum()
         object.__setattr__(self, "attention", table)
 
     @property
@@ -91,7 +91,9 @@ class ServedModel:
             return self.prior.copy()  # callers mask their copy
         pooled = self.attention[len(rows), : len(rows)] @ weights.item_in[rows]
         user = pooled @ weights.projection + weights.projection_bias
-        scores: npt.NDArray[np.float32] = weights.item_out @ user + weights.item_bias  # type: ignore[assignment]
+        scores: npt.NDArray[np.float32] = (weights.item_out @ user + weights.item_bias).astype(
+            np.float32, copy=False
+        )
         self.scorer.add_neighbor_term(scores, rows)
         return scores
 

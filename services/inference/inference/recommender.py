@@ -3,8 +3,8 @@
 1. model and the user's recent items from Redis → personalised scores (seen items excluded);
 2. model and a user with no history → the model's prior (its scores for an empty history,
    ``model_prior``): learned from what users pick first, it beats popularity for them (ML-100K
-   through the stack, users' first events: HR@10 0.325 from popularity, 0.606 from the prior
-   in process), and ``trending`` when asked;
+   through the stack, users' first events: HR@10 0.325 from popularity, 0.580 from the prior),
+   and ``trending`` when asked;
 3. no model yet → Redis popularity (decayed; from a copy in memory while it is younger than
    ``popularity_cache_s``), trending when asked;
 4. Redis down or slower than ``feature_timeout_s`` → the model's prior without fresh features,
