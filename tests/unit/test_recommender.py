@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from inference.catalog import ItemCatalog, ItemIn
 from inference.models import ServedModel
-from inference.recommender import Recommender
+from inference.recommender import MIRROR_REFRESH_S, Recommender
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights
@@ -128,6 +128,14 @@ async def test_without_a_model_an_unknown_user_gets_popularity() -> None:
     assert no_model.fallback == "popularity"
     assert no_model.model_version is None
     assert [i for i, _ in no_model.items] == ["i4", "i1"]
+
+
+def test_the_copy_is_refreshed_often_only_while_it_can_answer_the_popularity_path() -> None:
+    chain = recommender(None, FakeFeatures(), popularity_cache_s=1.0)
+    assert chain.mirror_refresh_s() == 0.5
+    chain.holder.current = served()  # users without history now get the model's prior
+    assert chain.mirror_refresh_s() == MIRROR_REFRESH_S
+    assert recommender(None, FakeFeatures()).mirror_refresh_s() == MIRROR_REFRESH_S  # no cache
 
 
 async def test_popularity_comes_from_the_copy_in_memory_while_it_is_fresh() -> None:

@@ -76,11 +76,8 @@ class Recommender:
         self.catalog = catalog
         self.feature_timeout_s = feature_timeout_s
         # The popularity path answers from the copy in memory while it is this young (0: always
-        # from Redis); the copy is refreshed twice as often.
+        # from Redis).
         self.popularity_cache_s = popularity_cache_s
-        self.mirror_refresh_s = (
-            popularity_cache_s / 2 if popularity_cache_s > 0 else MIRROR_REFRESH_S
-        )
         self.answers = Counter(
             "inference_recommendations_total",
             "Recommendations by path taken (personalised or which fallback).",
@@ -99,10 +96,18 @@ class Recommender:
     async def stop(self) -> None:
         await self._mirror.stop()
 
+    def mirror_refresh_s(self) -> float:
+        """Twice per ``popularity_cache_s`` while the copy can answer the popularity path:
+        before the first model (with one, users without history get its prior and the copy
+        only backs a Redis outage)."""
+        if self.popularity_cache_s > 0 and self.holder.current is None:
+            return self.popularity_cache_s / 2
+        return MIRROR_REFRESH_S
+
     async def _refresh_memory(self) -> None:
         while True:
             await self._refresh_memory_once()
-            await asyncio.sleep(self.mirror_refresh_s)
+            await asyncio.sleep(self.mirror_refresh_s())
 
     async def _refresh_memory_once(self) -> None:
         try:
