@@ -98,8 +98,8 @@ class Recommender:
 
     def mirror_refresh_s(self) -> float:
         """Twice per ``popularity_cache_s`` while the copy can answer the popularity path:
-        before the first model (with one, users without history get its prior and the copy
-        only backs a Redis outage)."""
+        before the first model. With one, nothing reads it (users without history get the
+        prior, a Redis outage too), so it is kept only loosely fresh."""
         if self.popularity_cache_s > 0 and self.holder.current is None:
             return self.popularity_cache_s / 2
         return MIRROR_REFRESH_S
