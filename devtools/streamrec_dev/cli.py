@@ -157,7 +157,7 @@ def evaluate(
     """Prequential evaluation of the in-process peers: table, JSON and plots."""
     from pathlib import Path
 
-    from streamrec_dev.evaluation.report import markdown_table, touched_table
+    from streamrec_dev.evaluation.report import tables
     from streamrec_dev.evaluation.runner import (
         describe_dataset,
         evaluate_and_report,
@@ -181,7 +181,7 @@ def evaluate(
     results, folder = evaluate_and_report(
         loaded, chosen, out_dir=Path(out) if out else None, console=console
     )
-    typer.echo(markdown_table(results) + touched_table(results))
+    typer.echo(tables(results))
     console.print(f"wrote {folder}")
 
 
@@ -224,12 +224,7 @@ def replay(
         ReplayError,
         wait_for_new_model,
     )
-    from streamrec_dev.evaluation.report import (
-        RESULTS_DIR,
-        markdown_table,
-        touched_table,
-        write_report,
-    )
+    from streamrec_dev.evaluation.report import RESULTS_DIR, tables, write_report
     from streamrec_dev.evaluation.runner import describe_dataset, load_limited, progress_bar
 
     try:
@@ -281,7 +276,7 @@ def replay(
         extra={"replay": {"ingest_url": ingest_url, "inference_url": inference_url, "rate": rate}},
         marks=loaded.marks,
     )
-    typer.echo(markdown_table([result]) + touched_table([result]))
+    typer.echo(tables([result]))
     console.print(f"wrote {folder}")
 
 

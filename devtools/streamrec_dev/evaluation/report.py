@@ -70,6 +70,11 @@ def touched_table(results: Sequence[EvaluationResult]) -> str:
     )
 
 
+def tables(results: Sequence[EvaluationResult]) -> str:
+    """The main table, then HR@10 by items touched before: what a run prints and keeps."""
+    return markdown_table(results) + touched_table(results)
+
+
 def describe(results: Sequence[EvaluationResult], dataset: str, source: str) -> str:
     if not results:
         return f"# Evaluation: {dataset}\n\nno arms ran\n"
@@ -83,7 +88,7 @@ def describe(results: Sequence[EvaluationResult], dataset: str, source: str) -> 
         f"{first.repeats:,} repeats of an already touched item skipped, {first.cold_scored:,} "
         f"from users absent from the history, {first.unknown_targets:,} targets never seen "
         f"before). Top-{config.k} lists, touched items excluded; HR/NDCG averaged over scored "
-        f"interactions.\n\n" + markdown_table(results) + touched_table(results)
+        f"interactions.\n\n" + tables(results)
     )
 
 
