@@ -322,7 +322,8 @@ class TrainingRun:
         # continues the version's item-to-item counts.
         reread = events_read_again(self.request.stream, latest.trained_through)
         if reread == "part" and self.hp.cooccurrence_weight > 0:
-            # Exact handling would need the offset of every counted event.
+            # Exact handling would need the offset of every counted event, and more: a
+            # version's counts lack the events its last cycle held out (counted once released).
             log.warning(
                 "run %s reads part of v%d's events again: their item pairs count twice",
                 self.run_id,

@@ -210,8 +210,8 @@ class ItemPoolingScorer:
         decay = self._decay[: len(newest)]
         if self._padded is not None:
             # A small catalogue: the newest rows' blocks at once, summed into a dense row (no
-            # sort, no scatter; ``make bench-scoring``, one user at 1,682 items: 69 µs with the
-            # term, 100 µs with session 8's gather through the CSR arrays, 50 without it).
+            # sort, no scatter; ``make bench-scoring``, one user at 1,682 items, session 9: 69 µs
+            # with the term, 100 µs with session 8's gather through the CSR arrays, 50 without).
             neighbor_rows, neighbor_weights = self._padded
             summed = np.bincount(
                 neighbor_rows[newest].ravel(),

@@ -54,8 +54,9 @@ class ItemPoolingHyperparameters(_Strict):
         description="Leave each example's history items out of its softmax (exact softmax only).",
     )
     # On by default: it raised HR@10 on both evaluation datasets (in process, ML-100K 0.222 ->
-    # 0.229, synthetic 0.362 -> 0.392) for ~20 µs a request at 1,682 items and ~220 µs at
-    # 100,000 (``make bench-scoring``); 0 saves that where throughput matters more.
+    # 0.229, synthetic 0.362 -> 0.392) for ~13 µs a request at 1,682 items and ~100 µs at
+    # 100,000 (``make bench-scoring``, session 10: p50 32 -> 45 µs and 1,059 -> 1,161 µs;
+    # session 9: 50 -> 69 and 1,150 -> 1,372); 0 saves that where throughput matters more.
     cooccurrence_weight: float = Field(
         default=4.0,
         ge=0,
