@@ -247,8 +247,9 @@ async def test_a_deferred_cycle_comes_again_as_soon_as_its_sample_suffices(
     path = await start_follow_run(
         trainer,
         publish={"every_s": every_s, "every_events": 40},
-        # Every first event of a user is held out; the gate passes any candidate.
-        validation={"rate": 1.0, "min_events": 20, "tolerance": 1.0},
+        # Every first event of a user is held out; the gate passes any candidate. Each
+        # decision waits for a sample of its own (without that, see the next test).
+        validation={"rate": 1.0, "min_events": 20, "tolerance": 1.0, "rolling_sample": False},
     )
     kafka, topic = trainer_settings.kafka, trainer_settings.topics.events
     await produce(kafka, topic, chain_events(10, 4, 12))  # 40 events: due at once
@@ -270,6 +271,36 @@ async def test_a_deferred_cycle_comes_again_as_soon_as_its_sample_suffices(
     )
     # A full interval after the deferral would be >= every_s, however fast the machine.
     assert waited.total_seconds() < every_s, (deferred, v2)
+    assert (await trainer.post(f"{path}/stop")).status_code == 202
+    await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
+
+
+async def test_a_rolling_sample_judges_the_next_version_without_waiting_for_a_new_one(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    """With ``rolling_sample`` (the default) a decision keeps the newest ``min_events``
+    held-out events out of training for the next one: ten new held-out events are enough for
+    the next version, judged on those and the kept twenty (the test before: it defers)."""
+    path = await start_follow_run(
+        trainer,
+        publish={"every_s": 1.0, "every_events": 40},
+        validation={"rate": 1.0, "min_events": 20, "tolerance": 1.0},
+    )
+    kafka, topic = trainer_settings.kafka, trainer_settings.topics.events
+    await produce(kafka, topic, chain_events(10, 4, 12))
+    v1 = await wait_for(trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 1)
+    kept = min(20, int(v1["metrics"]["events"]))
+    assert kept == 20, v1["metrics"]
+    await produce(kafka, topic, chain_events(10, 1, 12, user_prefix="a"))
+    v2 = await wait_for(
+        trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 2, timeout_s=30
+    )
+    assert v2["metrics"]["events"] == kept + 10, v2["metrics"]
+    run = (await trainer.get(path)).json()
+    assert not [s for s in run["recent_steps"] if s["metrics"]["decision"] == "deferred"]
+    # The newest twenty stay out of training for the next decision (the unit test of
+    # `release_heldout` checks that the rest became training data).
+    assert run["live"]["heldout"] == 20, run["live"]
     assert (await trainer.post(f"{path}/stop")).status_code == 202
     await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
 

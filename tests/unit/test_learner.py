@@ -526,3 +526,25 @@ def test_warm_start_with_the_training_state_takes_the_publishers_next_step(
     fresh = restarted.model.state(items)
     assert not np.allclose(fresh["acc_in"], expected["acc_in"])
     assert not np.allclose(fresh["item_in"], expected["item_in"])
+
+
+def test_release_heldout_keeps_the_newest_for_the_next_decision(
+    learner: Learner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = record_steps(learner, monkeypatch)
+    feed(learner, [("u", "a")])
+    feed(learner, [("u", "b"), ("v", "c"), ("u", "d")], hold_out=True)
+    learner.release_heldout(keep=2)
+    # The oldest held-out event is training data now; the two newest stay held out, with the
+    # seen sets they were judged with.
+    assert learner.heldout.target == [2, 3]
+    assert learner.heldout.seen == [[], [0, 1]]
+    assert learner.pending.target == [0, 1]
+    learner.train_pending(flush=True)
+    assert steps[0].target.tolist() == [0, 1]
+    learner.release_heldout(keep=5)  # fewer than asked to keep: nothing released
+    assert learner.heldout.target == [2, 3]
+    assert len(learner.pending) == 0
+    learner.release_heldout()
+    assert len(learner.heldout) == 0
+    assert learner.pending.target == [2, 3]

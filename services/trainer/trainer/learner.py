@@ -484,14 +484,14 @@ class Learner:
                 )
                 self.last_loss = self.model.train(batch, len(self.item_ids))
 
-    def release_heldout(self) -> None:
-        """After a publish decision the held-out sample becomes ordinary training data."""
-        released = self.heldout.arrays()
+    def release_heldout(self, keep: int = 0) -> None:
+        """After a publish decision the held-out sample becomes ordinary training data, all but
+        its newest ``keep`` events, which stay out of training for the next decision."""
+        released = self.heldout.take(max(0, len(self.heldout) - keep))
         with self._pending_lock:
             self.pending.append(released)
         if self.cooccurrence is not None:
             self.cooccurrence.add(released.history, released.target)
-        self.heldout.clear()
 
     # --- judging -------------------------------------------------------------------------
 

@@ -467,7 +467,7 @@ class TrainingRun:
         checkpointed = False
         if self.request.mode is TrainingMode.INCREMENTAL:
             if decision != "deferred":
-                learner.release_heldout()
+                learner.release_heldout(keep=policy.min_events if policy.rolling_sample else 0)
             checkpointed = self._checkpoint_if_due()
         self._update_progress()
         return CycleResult(

@@ -119,6 +119,17 @@ class ValidationPolicy(BaseModel):
         default=30, ge=1, le=1_000_000, description="Evaluated events a gated publish needs."
     )
     max_events: int = Field(default=5000, ge=1, le=1_000_000)
+    # On by default: without it every decision waits for ``min_events`` new held-out events,
+    # so where few events can be judged (a quiet stream, or many repeats) the sample, not
+    # ``publish.every_s``, sets how fresh the served model is.
+    rolling_sample: bool = Field(
+        default=True,
+        description=(
+            "Incremental runs: after a decision keep the newest min_events held-out events out"
+            " of training for the next one, which then needs no fresh sample to be judged."
+            " Those events are trained on once newer held-out events replace them."
+        ),
+    )
     metric: Literal["hr@10", "ndcg@10", "hr@20", "ndcg@20"] = "ndcg@10"
     tolerance: float = Field(
         default=0.01,
