@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-scoring bench-feature-read bench-pipeline-cpu bench-inference clean
+.PHONY: help setup lock up down status test test-unit lint fmt k8s-check bench-ingest bench-trainer bench-freshness bench-freshness-quiet bench-scoring bench-feature-read bench-pipeline-cpu bench-inference clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ bench-feature-read: setup ## Serving feature read on a real Redis: one MGET of s
 
 bench-freshness: setup ## Model freshness: event 202 -> model_published covering it (real broker)
 	@$(PY) benchmarks/model_freshness.py
+
+QUIET := --rate 20 --seconds 45 --warmup-events 2000
+bench-freshness-quiet: setup ## Model freshness of a quiet stream (20 events/s): the gate's rolling sample vs a fixed one (~4 min)
+	@$(PY) benchmarks/model_freshness.py $(QUIET) --fixed-sample --out benchmarks/results/model_freshness_quiet_fixed.json
+	@$(PY) benchmarks/model_freshness.py $(QUIET) --baseline benchmarks/results/model_freshness_quiet_fixed.json --out benchmarks/results/model_freshness_quiet.json
 
 bench-inference: setup ## Recommendation latency, open loop, 1,000 events/s ingested meanwhile (~5 min)
 	@$(PY) benchmarks/inference_latency.py

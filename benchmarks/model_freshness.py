@@ -19,9 +19,16 @@ swap. The load goes on, unmeasured, after the measured window until two versions
 measured event (bounded), so the last events see the same steady stream as the first ones.
 
 Caveat, measured rather than hidden: the run holds out a ``validation.rate`` share of events for
-the publish gate; they are scored first and trained into the NEXT version, while
+the publish gate; they are scored first and trained after the decision that releases them, while
 ``trained_through`` already counts them. The conservative figure therefore uses, for a seeded
-random ``--validation-rate`` share of events, the second covering version instead of the first.
+random ``--validation-rate`` share of events, a later version: without a rolling sample
+(``--fixed-sample``) the second covering one; with it (the product's default) the one after the
+first version announced ``min_events / (rate × validation.rate)`` seconds after the event, when
+that many newer held-out events have replaced it (an estimate from the offered rate).
+
+A quiet stream is where the rolling sample matters (``make bench-freshness-quiet``: 20 events/s,
+one held-out event a second, so a fixed sample of 20 takes ~20 s): it runs ``--fixed-sample``
+first, then the default with ``--baseline`` pointing at that run, for the ratios.
 
 Prints percentiles, versions published during the load and their spacing, the trainer's own live
 figures and any warnings/errors from its log; writes JSON to benchmarks/results/.
@@ -214,16 +221,23 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
 
 
 def covering_versions(
-    acks: Acks, published: list[Announcement], holdout_rate: float, seed: int
+    acks: Acks, published: list[Announcement], holdout_rate: float, seed: int, hold_s: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per event, the index (in arrival order) of the first announced version covering it, and
-    the conservative one (the next version for a seeded ``holdout_rate`` share); -1 if none.
+    the conservative one; -1 if none.
 
     The first covering version is the first index where the running maximum of
-    trained_through[p] exceeds the event's offset.
+    trained_through[p] exceeds the event's offset. The conservative one is the same for most
+    events, but for a seeded ``holdout_rate`` share (the held-out events) the version after the
+    first one announced at least ``hold_s`` after the event's 202 and not before its first
+    covering version: a held-out event is trained after the decision that releases it, which
+    is the next decision without a rolling sample (``hold_s`` 0), and with one the first
+    decision after ``min_events`` newer held-out events came (``hold_s``, their expected time).
     """
     partitions = np.asarray(acks.partitions)
     offsets = np.asarray(acks.offsets)
+    times = np.asarray(acks.times)
+    arrivals = np.asarray([a.arrived for a in published])
     rng = np.random.default_rng(seed)
     second = rng.random(partitions.size) < holdout_rate
     first = np.full(partitions.size, -1)
@@ -234,20 +248,21 @@ def covering_versions(
             np.asarray([a.trained_through.get(int(p), 0) for a in published])
         )
         index = np.searchsorted(through, offsets[mask], side="right")
-        index2 = index + second[mask]
+        released = np.searchsorted(arrivals, times[mask] + hold_s, side="left")
+        index2 = np.where(second[mask], np.maximum(index, released) + 1, index)
         first[mask] = np.where(index < len(published), index, -1)
         conservative[mask] = np.where(index2 < len(published), index2, -1)
     return first, conservative
 
 
 def freshness(
-    acks: Acks, published: list[Announcement], holdout_rate: float, seed: int
+    acks: Acks, published: list[Announcement], holdout_rate: float, seed: int, hold_s: float
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(first covering version, conservative, uncovered count), in seconds per covered event,
     to the version's announcement on the control topic."""
     times = np.asarray(acks.times)
     arrivals = np.asarray([a.arrived for a in published])
-    first, conservative = covering_versions(acks, published, holdout_rate, seed)
+    first, conservative = covering_versions(acks, published, holdout_rate, seed, hold_s)
     uncovered = int((first < 0).sum())
     return (
         arrivals[first[first >= 0]] - times[first >= 0],
@@ -262,6 +277,7 @@ def served_freshness(
     served: list[tuple[float, int]],
     holdout_rate: float,
     seed: int,
+    hold_s: float,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The same, to the moment inference first served that version or a newer one."""
     times = np.asarray(acks.times)
@@ -269,7 +285,7 @@ def served_freshness(
     served_at = np.asarray([t for t, _ in served])
     served_versions = np.maximum.accumulate(np.asarray([v for _, v in served] or [0]))
     out = []
-    for index in covering_versions(acks, published, holdout_rate, seed):
+    for index in covering_versions(acks, published, holdout_rate, seed, hold_s):
         ok = index >= 0
         position = np.searchsorted(served_versions, versions[index[ok]], side="left")
         got = position < len(served)
@@ -341,6 +357,41 @@ async def generate(
     return {"batches_sent": k, "max_schedule_lag_s": behind, "peak_in_flight": peak}
 
 
+# What ``--baseline`` compares, as (label, key in the results, figure): lower is fresher.
+COMPARED = (
+    ("served p50 s", "served_freshness_first_covering_version", "p50_s"),
+    ("served p99 s", "served_freshness_first_covering_version", "p99_s"),
+    ("served conservative p99 s", "served_freshness_conservative", "p99_s"),
+    ("mean interval between versions s", "mean_version_interval_s", None),
+)
+
+
+def against_baseline(results: dict[str, Any], baseline_path: Path) -> dict[str, Any]:
+    """This run's figures next to an earlier run's (same machine, e.g. ``--fixed-sample``
+    just before), with the ratio baseline / this (above 1: this run is fresher)."""
+    baseline = json.loads(baseline_path.read_text())
+    figures: dict[str, dict[str, float]] = {}
+    for label, key, figure in COMPARED:
+        before = baseline[key] if figure is None else baseline[key].get(figure)
+        now = results[key] if figure is None else results[key].get(figure)
+        if before is None or now is None or now <= 0:
+            continue
+        figures[label] = {"baseline": before, "this": now, "ratio": before / now}
+    return {
+        "file": shown(baseline_path),
+        "baseline_settings": baseline.get("settings"),
+        "figures": figures,
+    }
+
+
+def held_out_wait_s(options: argparse.Namespace) -> float:
+    """With the rolling sample, how long a held-out event is expected to stay out of training:
+    until ``min_events`` newer held-out events came, at the offered rate."""
+    if options.fixed_sample:
+        return 0.0
+    return float(options.min_events / (options.rate * options.validation_rate))
+
+
 async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str,
                   inference_url: str, kafka: KafkaSettings,
                   topics: TopicSettings) -> dict[str, Any]:  # fmt: skip
@@ -365,7 +416,11 @@ async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str
             response = await trainer.post(f"/v1/specs/{SPEC_ID}/runs", json={
                 "mode": "incremental",
                 "publish": {"every_s": options.publish_every_s},
-                "validation": {"rate": options.validation_rate, "min_events": 20},
+                "validation": {
+                    "rate": options.validation_rate,
+                    "min_events": options.min_events,
+                    "rolling_sample": not options.fixed_sample,
+                },
             })  # fmt: skip
             response.raise_for_status()
             run_id = response.json()["run_id"]
@@ -427,11 +482,17 @@ async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str
         await watcher_task
         await served_task
 
+    hold_s = held_out_wait_s(options)
     first, conservative, uncovered = freshness(
-        measured, watcher.published, options.validation_rate, options.seed
+        measured, watcher.published, options.validation_rate, options.seed, hold_s
     )
     served_first, served_conservative, served_uncovered = served_freshness(
-        measured, watcher.published, served_watcher.served, options.validation_rate, options.seed
+        measured,
+        watcher.published,
+        served_watcher.served,
+        options.validation_rate,
+        options.seed,
+        hold_s,
     )
     during = [a.arrived for a in watcher.published if load_start <= a.arrived <= load_end]
     gaps = np.diff(np.asarray(during)) if len(during) > 1 else np.zeros(0)
@@ -529,6 +590,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured load duration")
     parser.add_argument("--publish-every-s", type=float, default=2.0, help="publish.every_s")
     parser.add_argument("--validation-rate", type=float, default=0.05, help="validation.rate")
+    parser.add_argument("--min-events", type=int, default=20, help="validation.min_events")
+    parser.add_argument(
+        "--fixed-sample",
+        action="store_true",
+        help="validation.rolling_sample false: each decision waits for a sample of its own",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="an earlier run's JSON (e.g. --fixed-sample) to print and store ratios against",
+    )
     parser.add_argument("--batch", type=int, default=20, help="events per POST")
     parser.add_argument("--warmup-events", type=int, default=5000)
     parser.add_argument("--drain-s", type=float, default=30.0, help="bound on the final wait")
@@ -600,7 +673,9 @@ def main() -> None:
             <= options.target_p99_s
         ),
         "service_log_problems": problems,
-        "settings": vars(options) | {"out": shown(options.out)},
+        "conservative_hold_s": held_out_wait_s(options),
+        "settings": vars(options)
+        | {"out": shown(options.out), "baseline": options.baseline and shown(options.baseline)},
         "timestamp": datetime.now(UTC).isoformat(),
         "machine": {
             "note": "Kafka, Redis, ingest, trainer and the load generator share this machine",
@@ -613,7 +688,8 @@ def main() -> None:
     print(f"{'freshness (202 -> model_published)':<40}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}"
           f"{'events':>10}")  # fmt: skip
     print(row("first covering version", first))
-    print(row(f"conservative ({options.validation_rate:.0%} use the 2nd)", conservative))
+    later = "the one after their release" if not options.fixed_sample else "the 2nd"
+    print(row(f"conservative ({options.validation_rate:.0%} use {later})", conservative))
     print(f"{'freshness (202 -> served by inference)':<40}")
     print(row("first covering version", results["served_freshness_first_covering_version"]))
     print(row("conservative", results["served_freshness_conservative"]))
@@ -648,6 +724,12 @@ def main() -> None:
         print(f"{label:<40}{value}")
     for sample in problems["trainer"]["samples"][:10]:
         print(f"  trainer: {sample}")
+    if options.baseline is not None:
+        results["against_baseline"] = against_baseline(results, options.baseline)
+        print(f"\nagainst {shown(options.baseline)} (baseline / this run):")
+        for label, figures in results["against_baseline"]["figures"].items():
+            print(f"  {label:<38}{figures['baseline']:>8.2f}{figures['this']:>8.2f}"
+                  f"{figures['ratio']:>8.1f}×")  # fmt: skip
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {shown(options.out)}")

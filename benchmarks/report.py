@@ -182,6 +182,31 @@ def freshness(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def quiet_freshness(data: dict[str, Any]) -> list[str]:
+    """The quiet-stream pair: the rolling gate sample against a fixed one, run just before."""
+    served = data["served_freshness_first_covering_version"]
+    conservative = data["served_freshness_conservative"]
+    lines = [
+        f"Model freshness of a quiet stream ({data['offered_events_per_s']:,.0f} events/s "
+        f"offered), the gate's rolling sample: served p50 {served['p50_s']:.2f} s, p99 "
+        f"{served['p99_s']:.2f} s (conservative: p99 {conservative['p99_s']:.2f} s), "
+        f"{data['versions_during_load']} versions during the load.",
+    ]
+    compared = data.get("against_baseline")
+    if compared:
+        lines += [
+            "",
+            f"| against a fixed sample (`{compared['file']}`) | fixed | rolling | ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for label, figures in compared["figures"].items():
+            lines.append(
+                f"| {label} | {figures['baseline']:.2f} | {figures['this']:.2f} "
+                f"| {figures['ratio']:.1f}× |"
+            )
+    return lines
+
+
 def trainer(data: dict[str, Any]) -> list[str]:
     lines = [
         "| trainer spec (median of rounds) | from Kafka ev/s | in-memory tensors ev/s (baseline)"
@@ -245,6 +270,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ("Ingest", "ingest_throughput.json", ingest),
     ("Inference latency", "inference_latency.json", inference),
     ("Model freshness", "model_freshness.json", freshness),
+    ("Model freshness, quiet stream", "model_freshness_quiet.json", quiet_freshness),
     ("Trainer throughput", "trainer_throughput.json", trainer),
     ("Scoring", "scoring.json", scoring),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import build, gateway, inference
+from benchmarks.report import build, gateway, inference, quiet_freshness
 
 
 def window(target: str, rate: float, p50: float | None, p99: float | None) -> dict[str, Any]:
@@ -91,3 +91,20 @@ def test_cpu_lines_say_where_the_cpu_went_at_each_saturation_step() -> None:
         "At 2,000 req/s (fails): inference 338 µs of CPU per answer; 1.64 of 2 cores busy "
         "(inference 0.68, generator 0.36)." in text
     )
+
+
+def test_the_quiet_stream_section_shows_the_rolling_sample_against_the_fixed_one() -> None:
+    figures = {"p50_s": 1.0, "p99_s": 2.0}
+    data = {
+        "offered_events_per_s": 20.0,
+        "served_freshness_first_covering_version": figures,
+        "served_freshness_conservative": {"p99_s": 24.0},
+        "versions_during_load": 20,
+        "against_baseline": {
+            "file": "benchmarks/results/model_freshness_quiet_fixed.json",
+            "figures": {"served p99 s": {"baseline": 26.0, "this": 2.0, "ratio": 13.0}},
+        },
+    }
+    lines = quiet_freshness(data)
+    assert "served p50 1.00 s, p99 2.00 s (conservative: p99 24.00 s), 20 versions" in lines[0]
+    assert "| served p99 s | 26.00 | 2.00 | 13.0× |" in lines
