@@ -465,10 +465,18 @@ async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str
             await asyncio.gather(*tasks)
             measured_done = time.monotonic()
             top = measured.max_offsets()
+            # The conservative figure needs, for the newest held-out events, the version after
+            # the first one announced once their wait (``hold_s``) is over.
+            released_by = measured_done + held_out_wait_s(options)
+
+            def drained_enough() -> bool:
+                later = sum(a.arrived >= released_by for a in watcher.published)
+                return watcher.versions_covering(top) >= 2 and later >= 2
+
             try:
                 await poll(
-                    "two versions covering every measured event",
-                    lambda: watcher.versions_covering(top) >= 2,
+                    "two versions covering every measured event (and its held-out release)",
+                    drained_enough,
                     options.drain_s,
                 )
                 drained = True
