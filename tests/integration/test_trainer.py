@@ -339,6 +339,8 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
     assert state["acc_in"].shape == weights.item_in.shape
     assert weights.has_neighbors
     assert len(state["cooccurrence.codes"]) > 0
+    # Its held-out share (judged, never trained): a run starting past v1's events trains it.
+    assert len(state["heldout.target"]) == version["metrics"]["events"] > 0
 
     async def follow_run_warm_start() -> str:
         response = await trainer.post(

@@ -548,3 +548,32 @@ def test_release_heldout_keeps_the_newest_for_the_next_decision(
     learner.release_heldout()
     assert len(learner.heldout) == 0
     assert learner.pending.target == [2, 3]
+
+
+def test_warm_start_adopts_the_versions_held_out_sample_only_when_asked(tmp_path: Path) -> None:
+    """The held-out events of a version's last decision are below its ``trained_through`` but
+    untrained: a run that starts past them trains (and counts) them from the training state."""
+    published = Learner(hyperparameters())
+    feed(published, [("u", "a"), ("u", "b")])
+    feed(published, [("u", "c"), ("v", "a")], hold_out=True)
+    published.train_pending(flush=True)
+    weights = published.candidate()
+    save_training_state(tmp_path, published.training_state(len(weights.item_ids)))
+    state = load_training_state(tmp_path)
+
+    continued = Learner(hyperparameters())
+    continued.warm_start(weights, state, heldout=True)
+    assert continued.pending.target == published.heldout.target == [2, 0]
+    assert continued.pending.history == published.heldout.history
+    # Counted too: the version counted a and b; adopting adds c (after b, a) and a (no pair).
+    assert continued.cooccurrence is not None
+    counts = continued.cooccurrence.state()
+    np.testing.assert_array_equal(counts["cooccurrence.item_events"], [2, 1, 1])
+    assert len(counts["cooccurrence.codes"]) == 6  # (a, b), (c, b), (c, a), both ways
+    rereading = Learner(hyperparameters())  # a run that reads the version's events again
+    rereading.warm_start(weights, state)
+    assert len(rereading.pending) == 0
+    assert rereading.cooccurrence is not None
+    np.testing.assert_array_equal(
+        rereading.cooccurrence.state()["cooccurrence.item_events"], [1, 1]
+    )

@@ -37,6 +37,8 @@ STATE_ARRAYS = "state.npz"
 STATE_META = "state.json"
 # Ranking a held-out event scores the whole catalogue: bound the score matrix per chunk.
 SCORE_CELLS_PER_CHUNK = 4_000_000
+# The held-out sample in a version's training state (``training_state``), arrays named so.
+HELDOUT_PREFIX = "heldout."
 
 Ints = npt.NDArray[np.int32]
 
@@ -655,10 +657,15 @@ class Learner:
 
     def training_state(self, items: int) -> dict[str, npt.NDArray[Any]]:
         """What a published version stores for a warm start: the model's tables and optimizer
-        slots, and the item-to-item counts when the spec has the term."""
+        slots, the item-to-item counts when the spec has the term, and the held-out sample:
+        events the version's ``trained_through`` counts but nothing has trained on yet."""
         state: dict[str, npt.NDArray[Any]] = dict(self.model.state(items))
         if self.cooccurrence is not None:
             state.update(self.cooccurrence.state())
+        held = self.heldout.arrays()
+        state[f"{HELDOUT_PREFIX}history"] = held.history
+        state[f"{HELDOUT_PREFIX}target"] = held.target
+        state[f"{HELDOUT_PREFIX}weight"] = held.weight
         return state
 
     def warm_start(
@@ -666,16 +673,31 @@ class Learner:
         weights: ItemPoolingWeights,
         state: Mapping[str, npt.NDArray[Any]] | None = None,
         counts: bool = True,
+        heldout: bool = False,
     ) -> None:
         """Begin from a published version's vocabulary and weights, with its training state
         when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state.
         ``counts``: also its item-to-item counts, where it has them; not for a run that reads
-        the version's events again, which would count them twice."""
+        the version's events again, which would count them twice. ``heldout``: also train on
+        (and count) the version's held-out sample, which its run would have trained on after
+        the decision; only for a run that starts past the version's events, which would
+        otherwise never see them."""
         self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
         if counts and state is not None and self.cooccurrence is not None:
             self.cooccurrence.restore(state)
+        target_name = f"{HELDOUT_PREFIX}target"
+        if heldout and state is not None and target_name in state:
+            adopted = Batch(
+                np.asarray(state[f"{HELDOUT_PREFIX}history"], dtype=np.int32),
+                np.asarray(state[target_name], dtype=np.int32),
+                np.asarray(state[f"{HELDOUT_PREFIX}weight"], dtype=np.float32),
+            )
+            with self._pending_lock:
+                self.pending.append(adopted)
+            if counts and self.cooccurrence is not None:
+                self.cooccurrence.add(adopted.history, adopted.target)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

@@ -323,14 +323,17 @@ class TrainingRun:
         reread = events_read_again(self.request.stream, latest.trained_through)
         if reread == "part" and self.hp.cooccurrence_weight > 0:
             # Exact handling would need the offset of every counted event, and more: a
-            # version's counts lack the events its last cycle held out (counted once released).
+            # version's counts lack the events its last cycle held out (counted once released,
+            # and adopted from its training state only by a run that reads none again).
             log.warning(
                 "run %s reads part of v%d's events again: their item pairs count twice",
                 self.run_id,
                 latest.version,
             )
         try:
-            self._require_learner().warm_start(weights, state, counts=reread != "all")
+            self._require_learner().warm_start(
+                weights, state, counts=reread != "all", heldout=reread == "none"
+            )
         except ValueError as error:
             log.warning("run %s starts cold: %s", self.run_id, error)
             self._learner = Learner(self.hp, self.services.settings.max_seen_items)
