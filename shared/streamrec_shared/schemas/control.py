@@ -111,10 +111,11 @@ class ValidationPolicy(BaseModel):
         ),
     )
     # 30, not more: the gate is paired and one-sided (below), so a small sample makes it
-    # permissive, not noisy, and a broken model still fails it at once; a larger minimum only
-    # delays versions where few events can be evaluated (on the synthetic stream, where 64 %
-    # of events are repeats, 100 meant one version per ~2,800 events: arm 5 HR@10 0.212 there,
-    # against 0.297 with 50 and 0.338 with 25).
+    # permissive, not noisy, and a broken model still fails it at once. Without the rolling
+    # sample a larger minimum delays versions where few events can be evaluated (on the
+    # synthetic stream, where 64 % of events are repeats, 100 meant one version per ~2,800
+    # events: arm 5 HR@10 0.212 there, against 0.297 with 50 and 0.338 with 25); with it, it
+    # delays the held-out events' training instead (each waits for ``min_events`` newer ones).
     min_events: int = Field(
         default=30, ge=1, le=1_000_000, description="Evaluated events a gated publish needs."
     )
