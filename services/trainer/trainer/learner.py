@@ -37,8 +37,6 @@ STATE_ARRAYS = "state.npz"
 STATE_META = "state.json"
 # Ranking a held-out event scores the whole catalogue: bound the score matrix per chunk.
 SCORE_CELLS_PER_CHUNK = 4_000_000
-# The held-out sample in a version's training state (``training_state``), arrays named so.
-HELDOUT_PREFIX = "heldout."
 
 Ints = npt.NDArray[np.int32]
 
@@ -139,6 +137,24 @@ def _concat_all(parts: list[Batch], length: int) -> Batch:
         history=np.concatenate([part.history for part in parts]),
         target=np.concatenate([part.target for part in parts]),
         weight=np.concatenate([part.weight for part in parts]),
+    )
+
+
+def _batch_arrays(name: str, batch: Batch) -> dict[str, npt.NDArray[Any]]:
+    """A batch as arrays named ``name.history`` / ``.target`` / ``.weight``, to store."""
+    return {
+        f"{name}.history": batch.history,
+        f"{name}.target": batch.target,
+        f"{name}.weight": batch.weight,
+    }
+
+
+def _stored_batch(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> Batch:
+    """The batch ``_batch_arrays(name, ...)`` stored."""
+    return Batch(
+        np.asarray(arrays[f"{name}.history"], dtype=np.int32),
+        np.asarray(arrays[f"{name}.target"], dtype=np.int32),
+        np.asarray(arrays[f"{name}.weight"], dtype=np.float32),
     )
 
 
@@ -575,11 +591,8 @@ class Learner:
         arrays["users.seen"], arrays["users.seen_len"] = _ragged(
             list(seen) for seen in self.seen[: len(users)]
         )
-        for name, examples in (("pending", self.pending), ("heldout", self.heldout)):
-            stored = examples.arrays()
-            arrays[f"{name}.history"] = stored.history
-            arrays[f"{name}.target"] = stored.target
-            arrays[f"{name}.weight"] = stored.weight
+        arrays.update(_batch_arrays("pending", self.pending.arrays()))
+        arrays.update(_batch_arrays("heldout", self.heldout.arrays()))
         arrays["heldout.seen"], arrays["heldout.seen_len"] = _ragged(self.heldout.seen)
         size = self.replay.size
         arrays["replay.history"] = self.replay.history[:size]
@@ -634,11 +647,9 @@ class Learner:
             dict.fromkeys(rows)
             for rows in _unragged(arrays["users.seen"], arrays["users.seen_len"])
         ]
-        learner.pending.append(
-            Batch(arrays["pending.history"], arrays["pending.target"], arrays["pending.weight"])
-        )
+        learner.pending.append(_stored_batch(arrays, "pending"))
         learner.heldout.append(
-            Batch(arrays["heldout.history"], arrays["heldout.target"], arrays["heldout.weight"]),
+            _stored_batch(arrays, "heldout"),
             _unragged(arrays["heldout.seen"], arrays["heldout.seen_len"]),
         )
         size = len(arrays["replay.target"])
@@ -662,10 +673,7 @@ class Learner:
         state: dict[str, npt.NDArray[Any]] = dict(self.model.state(items))
         if self.cooccurrence is not None:
             state.update(self.cooccurrence.state())
-        held = self.heldout.arrays()
-        state[f"{HELDOUT_PREFIX}history"] = held.history
-        state[f"{HELDOUT_PREFIX}target"] = held.target
-        state[f"{HELDOUT_PREFIX}weight"] = held.weight
+        state.update(_batch_arrays("heldout", self.heldout.arrays()))
         return state
 
     def warm_start(
@@ -687,13 +695,9 @@ class Learner:
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
         if counts and state is not None and self.cooccurrence is not None:
             self.cooccurrence.restore(state)
-        target_name = f"{HELDOUT_PREFIX}target"
-        if heldout and state is not None and target_name in state:
-            adopted = Batch(
-                np.asarray(state[f"{HELDOUT_PREFIX}history"], dtype=np.int32),
-                np.asarray(state[target_name], dtype=np.int32),
-                np.asarray(state[f"{HELDOUT_PREFIX}weight"], dtype=np.float32),
-            )
+        # Versions published before session 11 store no sample.
+        if heldout and state is not None and "heldout.target" in state:
+            adopted = _stored_batch(state, "heldout")
             with self._pending_lock:
                 self.pending.append(adopted)
             if counts and self.cooccurrence is not None:
