@@ -57,7 +57,7 @@ bench-freshness: setup ## Model freshness: event 202 -> model_published covering
 	@$(PY) benchmarks/model_freshness.py
 
 QUIET := --rate 20 --seconds 45 --warmup-events 2000
-bench-freshness-quiet: setup ## Model freshness of a quiet stream (20 events/s): the gate's rolling sample vs a fixed one (~4 min)
+bench-freshness-quiet: setup ## Model freshness of a quiet stream (20 events/s): the gate's rolling sample vs a fixed one (~3 min)
 	@$(PY) benchmarks/model_freshness.py $(QUIET) --fixed-sample --out benchmarks/results/model_freshness_quiet_fixed.json
 	@$(PY) benchmarks/model_freshness.py $(QUIET) --baseline benchmarks/results/model_freshness_quiet_fixed.json --out benchmarks/results/model_freshness_quiet.json
 

@@ -395,6 +395,7 @@ def held_out_wait_s(options: argparse.Namespace) -> float:
 async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str,
                   inference_url: str, kafka: KafkaSettings,
                   topics: TopicSettings) -> dict[str, Any]:  # fmt: skip
+    hold_s = held_out_wait_s(options)
     stop_watcher = asyncio.Event()
     watcher = ControlWatcher(kafka, topics.control)
     watcher_task = asyncio.create_task(watcher.run(stop_watcher))
@@ -467,7 +468,7 @@ async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str
             top = measured.max_offsets()
             # The conservative figure needs, for the newest held-out events, the version after
             # the first one announced once their wait (``hold_s``) is over.
-            released_by = measured_done + held_out_wait_s(options)
+            released_by = measured_done + hold_s
 
             def drained_enough() -> bool:
                 later = sum(a.arrived >= released_by for a in watcher.published)
@@ -490,7 +491,6 @@ async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str
         await watcher_task
         await served_task
 
-    hold_s = held_out_wait_s(options)
     first, conservative, uncovered = freshness(
         measured, watcher.published, options.validation_rate, options.seed, hold_s
     )
@@ -514,6 +514,7 @@ async def measure(options: argparse.Namespace, ingest_url: str, trainer_url: str
         "served_freshness_first_covering_version": percentiles(served_first),
         "served_freshness_conservative": percentiles(served_conservative),
         "served_uncovered_events": served_uncovered,
+        "conservative_hold_s": hold_s,
         "versions_served": len(served_watcher.served),
         "all_covered_twice_within_drain": drained,
         "drain_s": time.monotonic() - measured_done,
@@ -681,7 +682,6 @@ def main() -> None:
             <= options.target_p99_s
         ),
         "service_log_problems": problems,
-        "conservative_hold_s": held_out_wait_s(options),
         "settings": vars(options)
         | {"out": shown(options.out), "baseline": options.baseline and shown(options.baseline)},
         "timestamp": datetime.now(UTC).isoformat(),

@@ -173,25 +173,23 @@ def gateway(data: dict[str, Any]) -> list[str]:
 def freshness(data: dict[str, Any]) -> list[str]:
     served = data["served_freshness_first_covering_version"]
     conservative = data["served_freshness_conservative"]
+    settings = data.get("settings") or {}
+    # Runs from before the rolling sample have no such setting: theirs was a fixed one.
+    rolling = "fixed_sample" in settings and not settings["fixed_sample"]
+    held_out = "once released" if rolling else "one version later"
     return [
         f"Model freshness (ingest 202 → a served version trained on the event), "
-        f"{data['offered_events_per_s']:,.0f} events/s offered: p50 {served['p50_s']:.2f} s, "
-        f"p99 {served['p99_s']:.2f} s (conservative, held-out events counted one version "
-        f"later: p99 {conservative['p99_s']:.2f} s); {data['versions_during_load']} versions "
+        f"{data['offered_events_per_s']:,.0f} events/s offered, "
+        f"{'rolling' if rolling else 'fixed'} gate sample: p50 {served['p50_s']:.2f} s, "
+        f"p99 {served['p99_s']:.2f} s (conservative, held-out events counted {held_out}: "
+        f"p99 {conservative['p99_s']:.2f} s); {data['versions_during_load']} versions "
         f"during the load, {data['failed_requests']} failed requests."
     ]
 
 
 def quiet_freshness(data: dict[str, Any]) -> list[str]:
-    """The quiet-stream pair: the rolling gate sample against a fixed one, run just before."""
-    served = data["served_freshness_first_covering_version"]
-    conservative = data["served_freshness_conservative"]
-    lines = [
-        f"Model freshness of a quiet stream ({data['offered_events_per_s']:,.0f} events/s "
-        f"offered), the gate's rolling sample: served p50 {served['p50_s']:.2f} s, p99 "
-        f"{served['p99_s']:.2f} s (conservative: p99 {conservative['p99_s']:.2f} s), "
-        f"{data['versions_during_load']} versions during the load.",
-    ]
+    """The quiet-stream run, and the fixed-sample run it was compared with just before."""
+    lines = freshness(data)
     compared = data.get("against_baseline")
     if compared:
         lines += [

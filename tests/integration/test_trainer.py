@@ -289,13 +289,12 @@ async def test_a_rolling_sample_judges_the_next_version_without_waiting_for_a_ne
     kafka, topic = trainer_settings.kafka, trainer_settings.topics.events
     await produce(kafka, topic, chain_events(10, 4, 12))
     v1 = await wait_for(trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 1)
-    kept = min(20, int(v1["metrics"]["events"]))
-    assert kept == 20, v1["metrics"]
+    assert v1["metrics"]["events"] >= 20, v1["metrics"]  # so 20 are kept
     await produce(kafka, topic, chain_events(10, 1, 12, user_prefix="a"))
     v2 = await wait_for(
         trainer, "/v1/specs/chain/versions/latest", lambda v: v["version"] == 2, timeout_s=30
     )
-    assert v2["metrics"]["events"] == kept + 10, v2["metrics"]
+    assert v2["metrics"]["events"] == 20 + 10, v2["metrics"]
     run = (await trainer.get(path)).json()
     assert not [s for s in run["recent_steps"] if s["metrics"]["decision"] == "deferred"]
     # The newest twenty stay out of training for the next decision (the unit test of

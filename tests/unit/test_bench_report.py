@@ -100,11 +100,20 @@ def test_the_quiet_stream_section_shows_the_rolling_sample_against_the_fixed_one
         "served_freshness_first_covering_version": figures,
         "served_freshness_conservative": {"p99_s": 24.0},
         "versions_during_load": 20,
+        "failed_requests": 0,
+        "settings": {"fixed_sample": False},
         "against_baseline": {
             "file": "benchmarks/results/model_freshness_quiet_fixed.json",
             "figures": {"served p99 s": {"baseline": 26.0, "this": 2.0, "ratio": 13.0}},
         },
     }
     lines = quiet_freshness(data)
-    assert "served p50 1.00 s, p99 2.00 s (conservative: p99 24.00 s), 20 versions" in lines[0]
+    assert (
+        "20 events/s offered, rolling gate sample: p50 1.00 s, p99 2.00 s (conservative,"
+        " held-out events counted once released: p99 24.00 s); 20 versions" in lines[0]
+    )
+    # A run from before the rolling sample (no such setting) had a fixed one.
+    del data["settings"]
+    assert "fixed gate sample" in quiet_freshness(data)[0]
+    assert "counted one version later" in quiet_freshness(data)[0]
     assert "| served p99 s | 26.00 | 2.00 | 13.0× |" in lines
