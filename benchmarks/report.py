@@ -217,6 +217,22 @@ def trainer(data: dict[str, Any]) -> list[str]:
             f"| {name} ({len(spec['rounds'])} rounds) | {median['kafka_events_per_s']:,.0f}"
             f" | {median['tensors_events_per_s']:,.0f} | {median['kafka_vs_tensors']:.2f}× |"
         )
+    publishes = {name: spec["median"].get("publish") for name, spec in data["specs"].items()}
+    if any(publishes.values()):  # files written before session 12 lack it
+        lines += [
+            "",
+            "| per published version, besides training (median ms) | candidate (tables,"
+            " neighbors) | training state stored | serving artifact stored (baseline) | ratio |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, costs in publishes.items():
+            if costs:
+                state_ms = costs["training_state_ms"] + costs["store_training_state_ms"]
+                lines.append(
+                    f"| {name} ({costs['items']:,.0f} items) | {costs['candidate_ms']:.1f}"
+                    f" | {state_ms:.1f} ({costs['training_state_mb']:.1f} MB)"
+                    f" | {costs['store_artifact_ms']:.1f} | {costs['state_vs_artifact']:.2f}× |"
+                )
     return lines
 
 

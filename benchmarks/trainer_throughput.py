@@ -14,6 +14,11 @@ batch 1024 with 25 % replay, sampled softmax over up to 4096 candidates):
    trained: from its first step until every event is read and every full mini-batch trained
    (the held-out share is read but not trained here: no publish decision comes).
 
+Then, on the learner of (2), what each published version costs besides training: the candidate
+(tables exported, the item-to-item neighbors from the counts), the version's training state
+stored, and its serving artifact stored (both as ``runs`` stores them: written, fsynced,
+sha256), against the serving artifact alone.
+
 Prints events/s and the ratios to (1); writes ``benchmarks/results/trainer_throughput.json``.
 Run: ``make bench-trainer`` (or ``.venv/bin/python benchmarks/trainer_throughput.py --help``).
 """
@@ -27,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from streamrec_dev.evaluation.data import display_path  # noqa: E402
 from streamrec_dev.servers import KafkaServer, free_port  # noqa: E402
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
+from streamrec_shared.artifacts import DirectoryArtifactStore  # noqa: E402
 from streamrec_shared.kafka import ResilientProducer, build_producer, ensure_topics  # noqa: E402
 from streamrec_shared.schemas.control import FollowStream, TrainRequested  # noqa: E402
 from streamrec_shared.schemas.events import EventIn  # noqa: E402
@@ -48,7 +55,11 @@ from streamrec_shared.settings import KafkaSettings, TopicSettings  # noqa: E402
 from trainer.config import TrainerSettings, tune_process  # noqa: E402
 from trainer.learner import Learner, Reservoir, _concat, decode_records  # noqa: E402
 from trainer.metrics import TrainerMetrics  # noqa: E402
-from trainer.model.item_pooling import Batch, ItemPoolingModel  # noqa: E402
+from trainer.model.item_pooling import (  # noqa: E402
+    Batch,
+    ItemPoolingModel,
+    save_training_state,
+)
 from trainer.registry import Registry  # noqa: E402
 from trainer.runs import RunServices, TrainingRun, register_run  # noqa: E402
 
@@ -95,7 +106,9 @@ def from_tensors(hp: ItemPoolingHyperparameters, values: list[bytes]) -> dict[st
     return {"events_per_s": len(target) / elapsed, "events": len(target), "seconds": elapsed}
 
 
-def learner_in_memory(hp: ItemPoolingHyperparameters, values: list[bytes]) -> dict[str, float]:
+def learner_in_memory(
+    hp: ItemPoolingHyperparameters, values: list[bytes]
+) -> tuple[dict[str, float], Learner]:
     learner = Learner(hp)
     learner.model.ensure_capacity(2048)
     warm = Learner(hp)  # trace TF's step once, outside the timing
@@ -116,7 +129,44 @@ def learner_in_memory(hp: ItemPoolingHyperparameters, values: list[bytes]) -> di
         learner.train_pending()
     learner.train_pending(flush=True)
     elapsed = time.perf_counter() - started
-    return {"events_per_s": learner.events_trained / elapsed, "seconds": elapsed}
+    return {"events_per_s": learner.events_trained / elapsed, "seconds": elapsed}, learner
+
+
+def publish_costs(learner: Learner, folder: Path, repeats: int = 10) -> dict[str, float]:
+    """Median milliseconds over ``repeats`` of each part of a publish that is not training, on
+    a learner that has seen the whole stream (its vocabulary, tables and item-pair counts)."""
+    store = DirectoryArtifactStore(folder)
+
+    def median_ms(action: Callable[[], object]) -> float:
+        spent = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            action()
+            spent.append(time.perf_counter() - started)
+        return float(np.median(spent)) * 1000
+
+    def stored(key: str, build: Callable[[Path], None]) -> None:
+        store.delete(store.write(key, build).uri)  # the run keeps only the newest few
+
+    weights = learner.candidate()
+    items = len(weights.item_ids)
+    state = learner.training_state(items)
+    costs = {
+        "candidate_ms": median_ms(learner.candidate),
+        "training_state_ms": median_ms(lambda: learner.training_state(items)),
+        "store_training_state_ms": median_ms(
+            lambda: stored("training/bench", lambda path: save_training_state(path, state))
+        ),
+        "store_artifact_ms": median_ms(
+            lambda: stored("models/bench", lambda path: weights.save(path, {}))
+        ),
+        "training_state_mb": sum(array.nbytes for array in state.values()) / 1e6,
+        "items": float(items),
+    }
+    costs["state_vs_artifact"] = (
+        costs["training_state_ms"] + costs["store_training_state_ms"]
+    ) / costs["store_artifact_ms"]
+    return costs
 
 
 async def from_kafka(
@@ -216,9 +266,11 @@ def measure_spec(
     measured: list[dict[str, Any]] = []
     for round_index in range(rounds):
         tensors = from_tensors(hp, values)
-        memory = learner_in_memory(hp, values)
+        memory, learner = learner_in_memory(hp, values)
         folder = home / f"{name}-{round_index}"
         folder.mkdir()
+        publish = publish_costs(learner, folder / "store")
+        del learner
         kafka_run = asyncio.run(from_kafka(kafka, topics, folder, len(payloads), hp))
         ratios = {
             "kafka_vs_tensors": kafka_run["events_per_s"] / tensors["events_per_s"],
@@ -229,11 +281,15 @@ def measure_spec(
             f"[{name}] round {round_index + 1}: tensors {tensors['events_per_s']:,.0f},"
             f" learner in memory {memory['events_per_s']:,.0f},"
             f" from Kafka {kafka_run['events_per_s']:,.0f} events/s trained"
-            f" (ratio to tensors {ratios['kafka_vs_tensors']:.2f})"
+            f" (ratio to tensors {ratios['kafka_vs_tensors']:.2f});"
+            f" per version: candidate {publish['candidate_ms']:.1f} ms, training state"
+            f" {publish['training_state_ms'] + publish['store_training_state_ms']:.1f} ms"
+            f" ({publish['training_state_mb']:.1f} MB), serving artifact"
+            f" {publish['store_artifact_ms']:.1f} ms"
         )
         measured.append(
             {"tensors": tensors, "learner_in_memory": memory, "from_kafka": kafka_run,
-             "ratios": ratios}
+             "ratios": ratios, "publish": publish}
         )  # fmt: skip
 
     def median(part: str, key: str) -> float:
@@ -245,14 +301,20 @@ def measure_spec(
         "kafka_events_per_s": median("from_kafka", "events_per_s"),
         **{label: median("ratios", label) for label in measured[0]["ratios"]},
     }
+    publish = {label: median("publish", label) for label in measured[0]["publish"]}
     print(
         f"[{name}] median of {rounds}: tensors {summary['tensors_events_per_s']:,.0f},"
         f" learner in memory {summary['learner_in_memory_events_per_s']:,.0f},"
         f" from Kafka {summary['kafka_events_per_s']:,.0f} events/s;"
         f" kafka_vs_tensors {summary['kafka_vs_tensors']:.2f},"
-        f" kafka_vs_learner_in_memory {summary['kafka_vs_learner_in_memory']:.2f}"
+        f" kafka_vs_learner_in_memory {summary['kafka_vs_learner_in_memory']:.2f};"
+        f" training state {publish['state_vs_artifact']:.2f}× the serving artifact"
     )
-    return {"hyperparameters": hp.model_dump(), "median": summary, "rounds": measured}
+    return {
+        "hyperparameters": hp.model_dump(),
+        "median": {**summary, "publish": publish},
+        "rounds": measured,
+    }
 
 
 def main() -> None:

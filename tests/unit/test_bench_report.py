@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import build, gateway, inference, quiet_freshness
+from benchmarks.report import build, gateway, inference, quiet_freshness, trainer
 
 
 def window(target: str, rate: float, p50: float | None, p99: float | None) -> dict[str, Any]:
@@ -117,3 +117,17 @@ def test_the_quiet_stream_section_shows_the_rolling_sample_against_the_fixed_one
     assert "fixed gate sample" in quiet_freshness(data)[0]
     assert "counted one version later" in quiet_freshness(data)[0]
     assert "| served p99 s | 26.00 | 2.00 | 13.0× |" in lines
+
+
+def test_the_trainer_section_adds_publish_costs_only_where_measured() -> None:
+    median = {"kafka_events_per_s": 60_000.0, "tensors_events_per_s": 80_000.0,
+              "kafka_vs_tensors": 0.75}  # fmt: skip
+    publish = {"candidate_ms": 50.0, "training_state_ms": 1.0, "store_training_state_ms": 14.0,
+               "store_artifact_ms": 6.0, "training_state_mb": 7.4, "items": 1682.0,
+               "state_vs_artifact": 2.5}  # fmt: skip
+    old = {"specs": {"default": {"median": median, "rounds": [{}]}}}
+    assert len(trainer(old)) == 3  # a file written before publish costs were measured
+
+    new = {"specs": {"default": {"median": {**median, "publish": publish}, "rounds": [{}]}}}
+    row = trainer(new)[-1]
+    assert row == "| default (1,682 items) | 50.0 | 15.0 (7.4 MB) | 6.0 | 2.50× |"
