@@ -8,10 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pathlib import Path
 
-from benchmarks.trainer_throughput import publish_costs
 from streamrec_shared.schemas.events import Interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.learner import Learner
+
+from benchmarks.trainer_throughput import publish_costs
 
 
 def test_publish_costs_time_the_state_and_the_artifact_and_leave_nothing(tmp_path: Path) -> None:
