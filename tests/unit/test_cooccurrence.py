@@ -236,3 +236,52 @@ def test_a_warm_start_knows_how_much_of_the_versions_events_it_reads_again(
     # The version trained p0 through offset 40 and p1 through 60; p2 has nothing counted.
     trained_through = {0: 40, 1: 60, 2: 0}
     assert events_read_again(stream_read, trained_through) == expected
+
+
+def test_a_warm_start_that_reads_part_of_the_events_again_counts_them_once() -> None:
+    # The version read p0 (200 events) and p1 (100); the new run reads p0 again from offset 120.
+    p0, p1 = stream(users=6, events=200, items=12, seed=9), stream(6, 100, 12, seed=10)
+    publisher = learner_with()
+    feed(publisher, p0, partition=0)
+    feed(publisher, p1, partition=1)
+    weights = publisher.candidate()
+    state = publisher.training_state(len(weights.item_ids))
+    rereading = learner_with()
+    rereading.warm_start(weights, state, counted_through=dict(publisher.position))
+    rereading.position[0] = 120
+    feed(rereading, p0[120:], partition=0, hold_out=True)
+
+    for name, array in counts_of(publisher).items():  # raw counts, exactly as they were
+        np.testing.assert_array_equal(counts_of(rereading)[name], array)
+    assert len(rereading.heldout) == 0  # the version trained them: no fair sample
+    assert len(rereading.pending) == 80  # but they are trained again
+    assert rereading.counted_through == {1: 100}  # p0 is past the version's counts now
+
+    feed(rereading, [("u1", "i1"), ("u1", "i2")], partition=0)
+    events = counts_of(rereading)["cooccurrence.item_events"]
+    assert events.sum() == counts_of(publisher)["cooccurrence.item_events"].sum() + 2
+
+
+def test_a_partial_reread_counts_the_versions_held_out_sample_without_training_it() -> None:
+    events = stream(users=5, events=120, items=10, seed=11)
+    publisher = learner_with()
+    feed(publisher, events[:100])
+    feed(publisher, events[100:], hold_out=True)  # the version's sample: trained by no one
+    weights = publisher.candidate()
+    state = publisher.training_state(len(weights.item_ids))
+    sample = len(publisher.heldout)
+    assert sample > 0
+    rereading = learner_with()
+    rereading.warm_start(weights, state, counted_through={0: 120})
+
+    publisher.release_heldout()  # now the publisher's counts hold its sample too
+    for name, array in counts_of(publisher).items():
+        np.testing.assert_array_equal(counts_of(rereading)[name], array)
+    assert len(rereading.pending) == 0  # the part read again trains its share of the sample
+
+
+def test_events_below_counted_through_need_their_source() -> None:
+    learner = learner_with()
+    learner.counted_through = {0: 5}
+    with pytest.raises(ValueError, match="partition, offset"):
+        learner.observe_many(["u"], ["i"], [1.0], None, {0: 1})

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights
 from streamrec_shared.ranking import rank_metrics, target_ranks
 from streamrec_shared.schemas.events import Interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
-from trainer.learner import Learner, Reservoir
+from trainer.learner import Learner, Reservoir, decode_records
 from trainer.model.item_pooling import Batch, load_training_state, save_training_state
 
 LENGTH = 3
@@ -577,3 +578,29 @@ def test_warm_start_adopts_the_versions_held_out_sample_only_when_asked(tmp_path
     np.testing.assert_array_equal(
         rereading.cooccurrence.state()["cooccurrence.item_events"], [1, 1]
     )
+
+
+def test_decoded_records_say_which_record_each_interaction_came_from() -> None:
+    def value(type_: str, item: str) -> bytes:
+        fields = {
+            "type": type_,
+            "user_id": "u",
+            "item_id": item,
+            "timestamp": "2026-06-01T00:00:00Z",
+        }
+        return orjson.dumps(fields)
+
+    decoded = decode_records([value("click", "a"), b"not json", value("dislike", "b"),
+                              value("purchase", "c")])  # fmt: skip
+    assert decoded.items == ["a", "c"]
+    assert decoded.indices == [0, 3]  # the garbage is rejected, the dislike is no interaction
+    assert [index for index, _ in decoded.rejected] == [1]
+
+
+def test_a_checkpoint_keeps_what_is_already_counted(tmp_path: Path) -> None:
+    original = Learner(hyperparameters(cooccurrence_weight=2.0))
+    original.counted_through = {0: 50, 3: 7}
+    feed(original, [("u", "a"), ("u", "b")], partition=1)
+    original.save(tmp_path, {})
+    loaded, _ = Learner.load(tmp_path, original.hp)
+    assert loaded.counted_through == {0: 50, 3: 7}

@@ -114,8 +114,9 @@ class Cooccurrence:
         nothing changes when they are not there (state from before the term)."""
         if f"{PREFIX}codes" not in arrays:
             return
-        self.codes = np.asarray(arrays[f"{PREFIX}codes"], dtype=np.int64)
-        self.counts = np.asarray(arrays[f"{PREFIX}counts"], dtype=np.float64)
-        self.item_events = np.asarray(arrays[f"{PREFIX}item_events"], dtype=np.float64)
+        # Copies: counting adds in place, and ``arrays`` may be another learner's own state.
+        self.codes = np.array(arrays[f"{PREFIX}codes"], dtype=np.int64)
+        self.counts = np.array(arrays[f"{PREFIX}counts"], dtype=np.float64)
+        self.item_events = np.array(arrays[f"{PREFIX}item_events"], dtype=np.float64)
         self._pending.clear()
         self._pending_items.clear()

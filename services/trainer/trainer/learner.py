@@ -232,6 +232,7 @@ class Decoded:
     weights: list[float] = field(default_factory=list)
     timestamps: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)  # each interaction's index among the records
 
 
 def decode_records(values: Iterable[bytes | None]) -> Decoded:
@@ -266,6 +267,7 @@ def decode_records(values: Iterable[bytes | None]) -> Decoded:
         items.append(item)
         weights.append(weight)
         timestamps.append(timestamp)
+        out.indices.append(index)
     return out
 
 
@@ -309,6 +311,11 @@ class Learner:
         )
         # Per partition, the first offset not yet observed.
         self.position: dict[int, int] = {}
+        # Per partition, the offset below which events are already in the item-pair counts: set
+        # when a run continues a version's counts and reads part of its events again. Such
+        # events are trained but not counted, and never held out (the version trained them).
+        # Partitions drop out once observed past it.
+        self.counted_through: dict[int, int] = {}
         self.events_observed = 0
         self.events_trained = 0
         self.last_loss: float | None = None
@@ -341,6 +348,7 @@ class Learner:
             [interaction.weight],
             [hold_out] if hold_out else None,
             {partition: offset + 1},
+            [(partition, offset)],
         )
 
     def observe_many(
@@ -350,11 +358,18 @@ class Learner:
         weights: Sequence[float],
         hold_out: Sequence[bool] | None,
         positions: Mapping[int, int],
+        sources: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         """``observe`` for a sequence of events in stream order (same result, one event after
         the other), then ``position[p] = positions[p]``. The per-event Python work is the id
-        lookups and the seen sets; histories are built for the whole sequence with NumPy."""
+        lookups and the seen sets; histories are built for the whole sequence with NumPy.
+
+        ``sources``: each event's (partition, offset), needed only while ``counted_through``
+        is set (a caller that has them at no cost may always pass them)."""
         count = len(users)
+        counted = self._counted_before(sources, count)
+        if counted is not None and hold_out is not None:
+            hold_out = [hold and not known for hold, known in zip(hold_out, counted, strict=True)]
         if count:
             rows = self._rows(self.item_rows, self.item_ids, items)
             user_rows = self._rows(self.user_rows, self.user_ids, users)
@@ -363,9 +378,9 @@ class Learner:
             target = np.asarray(rows, dtype=np.int32)
             history = self._histories(np.asarray(user_rows, dtype=np.int64), target)
             weight = np.asarray(weights, dtype=np.float32)
+            keep = np.ones(count, dtype=bool)
             if held:
                 index = np.asarray(held)
-                keep = np.ones(count, dtype=bool)
                 keep[index] = False
                 self.heldout.append(Batch(history[index], target[index], weight[index]), held_seen)
                 fresh = Batch(history[keep], target[keep], weight[keep])
@@ -375,9 +390,34 @@ class Learner:
                 self.pending.append(fresh)
             if self.cooccurrence is not None:
                 # Held-out events count once released: the gate must not see its own targets.
-                self.cooccurrence.add(fresh.history, fresh.target)
+                if counted is None:
+                    self.cooccurrence.add(fresh.history, fresh.target)
+                else:
+                    new = ~counted[keep]
+                    self.cooccurrence.add(fresh.history[new], fresh.target[new])
             self.events_observed += count
         self.position.update(positions)
+        if self.counted_through:
+            self.counted_through = {
+                p: through
+                for p, through in self.counted_through.items()
+                if self.position.get(p, 0) < through
+            }
+
+    def _counted_before(
+        self, sources: Sequence[tuple[int, int]] | None, count: int
+    ) -> npt.NDArray[np.bool_] | None:
+        """Which events are already in the counts (see ``counted_through``); None: none."""
+        if not self.counted_through or count == 0:
+            return None
+        if sources is None or len(sources) != count:
+            raise ValueError("events below counted_through need their (partition, offset)")
+        through = self.counted_through
+        return np.fromiter(
+            (offset < through.get(partition, 0) for partition, offset in sources),
+            dtype=bool,
+            count=count,
+        )
 
     @staticmethod
     def _rows(rows_of: dict[str, int], ids: list[str], keys: Sequence[str]) -> list[int]:
@@ -608,6 +648,7 @@ class Learner:
             "item_ids": self.item_ids,
             "user_ids": users,
             "position": {str(p): o for p, o in self.position.items()},
+            "counted_through": {str(p): o for p, o in self.counted_through.items()},
             "events_observed": self.events_observed,
             "events_trained": self.events_trained,
             "replay_offered": self.replay.offered,
@@ -662,6 +703,10 @@ class Learner:
         learner.replay.set_rng_state(_text_as_big_ints(meta["replay_rng"]))
         learner.model.set_rng_state(_text_as_big_ints(meta["model_rng"]))
         learner.position = {int(p): int(o) for p, o in meta["position"].items()}
+        # Checkpoints from before session 12 have none.
+        learner.counted_through = {
+            int(p): int(o) for p, o in meta.get("counted_through", {}).items()
+        }
         learner.events_observed = int(meta["events_observed"])
         learner.events_trained = int(meta["events_trained"])
         return learner, meta
@@ -682,6 +727,7 @@ class Learner:
         state: Mapping[str, npt.NDArray[Any]] | None = None,
         counts: bool = True,
         heldout: bool = False,
+        counted_through: Mapping[int, int] | None = None,
     ) -> None:
         """Begin from a published version's vocabulary and weights, with its training state
         when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state.
@@ -689,19 +735,26 @@ class Learner:
         the version's events again, which would count them twice. ``heldout``: also train on
         (and count) the version's held-out sample, which its run would have trained on after
         the decision; only for a run that starts past the version's events, which would
-        otherwise never see them."""
+        otherwise never see them. ``counted_through``: for a run that continues the counts and
+        reads part of the version's events again, the version's ``trained_through``: those
+        events are not counted again (nor held out), and the held-out sample, which the
+        version's counts lack, is counted (not trained: the part read again trains its share)."""
         self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
         if counts and state is not None and self.cooccurrence is not None:
             self.cooccurrence.restore(state)
+            if counted_through:
+                self.counted_through = {p: o for p, o in counted_through.items() if o > 0}
         # Versions published before session 11 store no sample.
-        if heldout and state is not None and "heldout.target" in state:
-            adopted = _stored_batch(state, "heldout")
+        if state is None or "heldout.target" not in state:
+            return
+        adopted = _stored_batch(state, "heldout")
+        if heldout:
             with self._pending_lock:
                 self.pending.append(adopted)
-            if counts and self.cooccurrence is not None:
-                self.cooccurrence.add(adopted.history, adopted.target)
+        if (heldout or counted_through) and counts and self.cooccurrence is not None:
+            self.cooccurrence.add(adopted.history, adopted.target)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

@@ -319,20 +319,16 @@ class TrainingRun:
         weights = load_weights(folder)
         state = self._training_state(latest.version, read_manifest(folder), weights)
         # A run that reads all of the version's events again counts them itself; any other
-        # continues the version's item-to-item counts.
+        # continues the version's item-to-item counts, and one that reads part of them again
+        # skips (by offset) the events those counts already hold.
         reread = events_read_again(self.request.stream, latest.trained_through)
-        if reread == "part" and self.hp.cooccurrence_weight > 0:
-            # Exact handling would need the offset of every counted event, and more: a
-            # version's counts lack the events its last cycle held out (counted once released,
-            # and adopted from its training state only by a run that reads none again).
-            log.warning(
-                "run %s reads part of v%d's events again: their item pairs count twice",
-                self.run_id,
-                latest.version,
-            )
         try:
             self._require_learner().warm_start(
-                weights, state, counts=reread != "all", heldout=reread == "none"
+                weights,
+                state,
+                counts=reread != "all",
+                heldout=reread == "none",
+                counted_through=latest.trained_through if reread == "part" else None,
             )
         except ValueError as error:
             log.warning("run %s starts cold: %s", self.run_id, error)
@@ -390,12 +386,18 @@ class TrainingRun:
                 self._dead.append(((partition, record.offset, record.key, record.value), error))
             # One draw per interaction, in order.
             hold_out = [draw() < rate for _ in decoded.users]
+            sources = (
+                [(partition, records[index].offset) for index in decoded.indices]
+                if learner.counted_through
+                else None
+            )
             learner.observe_many(
                 decoded.users,
                 decoded.items,
                 decoded.weights,
                 hold_out,
                 {partition: records[-1].offset + 1},
+                sources,
             )
         self._update_progress()
 
@@ -876,6 +878,7 @@ class TrainingRun:
                 [event[5] for event in chunk],
                 [begin + index >= heldout_from for index in range(len(chunk))],
                 {event[1]: event[2] + 1 for event in chunk},
+                [(event[1], event[2]) for event in chunk],
             )
             learner.train_pending()
         learner.train_pending(flush=True)
