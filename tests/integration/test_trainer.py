@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from streamrec_dev.servers import PostgresServer
@@ -17,7 +18,9 @@ from streamrec_shared.artifacts import DirectoryArtifactStore
 from streamrec_shared.models.item_pooling import ItemPoolingScorer, load_weights, read_manifest
 from streamrec_shared.schemas.control import decode_control
 from streamrec_shared.settings import KafkaSettings, TopicSettings
+from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
+from trainer.cooccurrence import Cooccurrence
 from trainer.main import create_app
 from trainer.model.item_pooling import load_training_state
 
@@ -360,6 +363,58 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
     with caplog.at_level("WARNING", logger="trainer.runs"):
         assert await follow_run_warm_start() == "weights only"
     assert "fresh optimizer slots" in caplog.text
+
+
+async def test_a_run_that_reads_part_of_a_versions_events_again_counts_them_once(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> None:
+    await produce(trainer_settings.kafka, trainer_settings.topics.events, chain_events(10, 10, 12))
+    hyperparameters = {**SMALL_MODEL["hyperparameters"], "cooccurrence_weight": 2.0}  # type: ignore[dict-item]
+    await create_spec(trainer, spec={**SMALL_MODEL, "hyperparameters": hyperparameters})
+    response = await trainer.post("/v1/specs/chain/runs", json={"mode": "batch"})
+    assert response.status_code == 202, response.text
+    batch = await wait_for(
+        trainer,
+        f"/v1/runs/{response.json()['run_id']}",
+        lambda b: b["run"]["status"] not in ("requested", "running"),
+    )
+    assert batch["run"]["status"] == "succeeded", batch
+    version = (await trainer.get("/v1/specs/chain/versions/latest")).json()
+    store = DirectoryArtifactStore(trainer_settings.artifacts_dir)
+    reference = read_manifest(store.open(version["artifact_uri"], version["digest"]))
+    state = load_training_state(
+        store.open(reference["training_state"]["uri"], reference["training_state"]["digest"])
+    )
+    # What the counts must hold after reading part of v1's events again: v1's, plus its held-out
+    # sample, which v1 judged but never counted.
+    expected = Cooccurrence(10, 5_000_000)
+    expected.restore(state)
+    expected.add(state["heldout.history"], state["heldout.target"])
+    assert len(state["heldout.target"]) > 0
+
+    # Partition 0 again from the middle of what v1 read; the other partitions from v1's end.
+    through = {int(p): o for p, o in version["trained_through"].items()}
+    middle = through[0] // 2
+    stream = {"kind": "follow", "topic": trainer_settings.topics.events, "start": "latest",
+              "offsets": {"0": middle}}  # fmt: skip
+    response = await trainer.post(
+        "/v1/specs/chain/runs",
+        json={"mode": "incremental", "stream": stream,
+              "publish": {"every_s": 3600, "every_events": 10**6}},
+    )  # fmt: skip
+    assert response.status_code == 202, response.text
+    run_id = response.json()["run_id"]
+    path = f"/v1/runs/{run_id}"
+    await wait_for(trainer, path, lambda b: (b["live"] or {}).get("events_observed", 0) > 0)
+    await wait_for(trainer, path, lambda b: b["live"]["events_observed"] >= through[0] - middle, 30)
+    assert (await trainer.post(f"{path}/stop")).status_code == 202
+    await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
+
+    checkpoint = Checkpoints(store).latest("chain", run_id)
+    assert checkpoint is not None  # written on stop
+    with np.load(checkpoint / "state.npz") as stored:
+        for name, array in expected.state().items():
+            np.testing.assert_array_equal(stored[name], array)  # twice over p0 before session 12
 
 
 async def test_spec_errors_are_clear(trainer: httpx.AsyncClient) -> None:
