@@ -307,11 +307,12 @@ async def test_a_rolling_sample_judges_the_next_version_without_waiting_for_a_ne
     await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")
 
 
-async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
-    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings, caplog: pytest.LogCaptureFixture
-) -> None:
+async def batch_version_with_counts(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+) -> dict[str, Any]:
+    """v1 of a spec with the item-to-item term (its counts travel in the training state too),
+    from a batch run over a chain stream; the run's body."""
     await produce(trainer_settings.kafka, trainer_settings.topics.events, chain_events(10, 10, 12))
-    # With the item-to-item term: its counts travel in the training state too.
     hyperparameters = {**SMALL_MODEL["hyperparameters"], "cooccurrence_weight": 2.0}  # type: ignore[dict-item]
     await create_spec(trainer, spec={**SMALL_MODEL, "hyperparameters": hyperparameters})
     response = await trainer.post("/v1/specs/chain/runs", json={"mode": "batch"})
@@ -322,6 +323,13 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
         lambda b: b["run"]["status"] not in ("requested", "running"),
     )
     assert batch["run"]["status"] == "succeeded", batch
+    return batch
+
+
+async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch = await batch_version_with_counts(trainer, trainer_settings)
     assert batch["recent_steps"][0]["metrics"]["warm_start"] == "cold"
 
     # v1 names its training state; the state opens with that digest and matches the weights.
@@ -368,17 +376,7 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
 async def test_a_run_that_reads_part_of_a_versions_events_again_counts_them_once(
     trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
 ) -> None:
-    await produce(trainer_settings.kafka, trainer_settings.topics.events, chain_events(10, 10, 12))
-    hyperparameters = {**SMALL_MODEL["hyperparameters"], "cooccurrence_weight": 2.0}  # type: ignore[dict-item]
-    await create_spec(trainer, spec={**SMALL_MODEL, "hyperparameters": hyperparameters})
-    response = await trainer.post("/v1/specs/chain/runs", json={"mode": "batch"})
-    assert response.status_code == 202, response.text
-    batch = await wait_for(
-        trainer,
-        f"/v1/runs/{response.json()['run_id']}",
-        lambda b: b["run"]["status"] not in ("requested", "running"),
-    )
-    assert batch["run"]["status"] == "succeeded", batch
+    await batch_version_with_counts(trainer, trainer_settings)
     version = (await trainer.get("/v1/specs/chain/versions/latest")).json()
     store = DirectoryArtifactStore(trainer_settings.artifacts_dir)
     reference = read_manifest(store.open(version["artifact_uri"], version["digest"]))
