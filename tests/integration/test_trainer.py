@@ -374,7 +374,7 @@ async def test_a_follow_run_continues_a_batch_version_with_its_optimizer_state(
 
 
 async def test_a_run_that_reads_part_of_a_versions_events_again_counts_them_once(
-    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings
+    trainer: httpx.AsyncClient, trainer_settings: TrainerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     await batch_version_with_counts(trainer, trainer_settings)
     version = (await trainer.get("/v1/specs/chain/versions/latest")).json()
@@ -395,15 +395,17 @@ async def test_a_run_that_reads_part_of_a_versions_events_again_counts_them_once
     middle = through[0] // 2
     stream = {"kind": "follow", "topic": trainer_settings.topics.events, "start": "latest",
               "offsets": {"0": middle}}  # fmt: skip
-    response = await trainer.post(
-        "/v1/specs/chain/runs",
-        json={"mode": "incremental", "stream": stream,
-              "publish": {"every_s": 3600, "every_events": 10**6}},
-    )  # fmt: skip
-    assert response.status_code == 202, response.text
-    run_id = response.json()["run_id"]
-    path = f"/v1/runs/{run_id}"
-    await wait_for(trainer, path, lambda b: (b["live"] or {}).get("events_observed", 0) > 0)
+    with caplog.at_level("INFO", logger="trainer.runs"):
+        response = await trainer.post(
+            "/v1/specs/chain/runs",
+            json={"mode": "incremental", "stream": stream,
+                  "publish": {"every_s": 3600, "every_events": 10**6}},
+        )  # fmt: skip
+        assert response.status_code == 202, response.text
+        run_id = response.json()["run_id"]
+        path = f"/v1/runs/{run_id}"
+        await wait_for(trainer, path, lambda b: (b["live"] or {}).get("events_observed", 0) > 0)
+    assert "their item pairs are not counted again" in caplog.text
     await wait_for(trainer, path, lambda b: b["live"]["events_observed"] >= through[0] - middle, 30)
     assert (await trainer.post(f"{path}/stop")).status_code == 202
     await wait_for(trainer, path, lambda b: b["run"]["status"] == "stopped")

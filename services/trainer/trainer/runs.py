@@ -322,6 +322,14 @@ class TrainingRun:
         # continues the version's item-to-item counts, and one that reads part of them again
         # skips (by offset) the events those counts already hold.
         reread = events_read_again(self.request.stream, latest.trained_through)
+        if reread == "part" and self.hp.cooccurrence_weight > 0:
+            log.info(
+                "run %s reads part of v%d's events again: their item pairs are not counted"
+                " again (offsets below %s)",
+                self.run_id,
+                latest.version,
+                latest.trained_through,
+            )
         try:
             self._require_learner().warm_start(
                 weights,
