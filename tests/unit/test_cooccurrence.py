@@ -195,7 +195,7 @@ def test_a_warm_start_that_reads_the_events_again_counts_them_once() -> None:
     publisher = learner_with_counts(events)
     weights = publisher.candidate()
     rereading = learner_with()
-    rereading.warm_start(weights, publisher.training_state(len(weights.item_ids)), counts=False)
+    rereading.warm_start(weights, publisher.training_state(len(weights.item_ids)), "all")
     feed(rereading, events)
     # Raw counts: doubling every count would leave the cosines as they are.
     for name, array in counts_of(publisher).items():
@@ -247,7 +247,7 @@ def test_a_warm_start_that_reads_part_of_the_events_again_counts_them_once() -> 
     weights = publisher.candidate()
     state = publisher.training_state(len(weights.item_ids))
     rereading = learner_with()
-    rereading.warm_start(weights, state, counted_through=dict(publisher.position))
+    rereading.warm_start(weights, state, "part", dict(publisher.position))
     rereading.position[0] = 120
     feed(rereading, p0[120:], partition=0, hold_out=True)
 
@@ -272,7 +272,7 @@ def test_a_partial_reread_counts_the_versions_held_out_sample_without_training_i
     sample = len(publisher.heldout)
     assert sample > 0
     rereading = learner_with()
-    rereading.warm_start(weights, state, counted_through={0: 120})
+    rereading.warm_start(weights, state, "part", {0: 120})
 
     publisher.release_heldout()  # now the publisher's counts hold its sample too
     for name, array in counts_of(publisher).items():

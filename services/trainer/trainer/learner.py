@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,8 @@ STATE_META = "state.json"
 SCORE_CELLS_PER_CHUNK = 4_000_000
 
 Ints = npt.NDArray[np.int32]
+# How much of a version's events a run warm-started from it reads again.
+ReadsAgain = Literal["none", "all", "part"]
 
 
 @dataclass
@@ -725,36 +727,43 @@ class Learner:
         self,
         weights: ItemPoolingWeights,
         state: Mapping[str, npt.NDArray[Any]] | None = None,
-        counts: bool = True,
-        heldout: bool = False,
-        counted_through: Mapping[int, int] | None = None,
+        reads_again: ReadsAgain = "none",
+        trained_through: Mapping[int, int] | None = None,
     ) -> None:
         """Begin from a published version's vocabulary and weights, with its training state
         when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state.
-        ``counts``: also its item-to-item counts, where it has them; not for a run that reads
-        the version's events again, which would count them twice. ``heldout``: also train on
-        (and count) the version's held-out sample, which its run would have trained on after
-        the decision; only for a run that starts past the version's events, which would
-        otherwise never see them. ``counted_through``: for a run that continues the counts and
-        reads part of the version's events again, the version's ``trained_through``: those
-        events are not counted again (nor held out), and the held-out sample, which the
-        version's counts lack, is counted (not trained: the part read again trains its share)."""
+
+        ``reads_again``: how much of the version's events the run reads again
+        (``runs.events_read_again``). The version's training state holds its item-to-item
+        counts and its held-out sample (below its ``trained_through``, yet trained by nothing):
+        - ``none``: continue the counts; train and count the sample, which the run would
+          otherwise never see;
+        - ``all``: neither: the run counts, trains and judges every event itself;
+        - ``part``: continue the counts, skipping the events below ``trained_through`` that the
+          run reads again (trained, never held out: see ``counted_through``); count the sample,
+          which the counts lack, but do not train it: the part read again trains its share.
+        """
         self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
-        if counts and state is not None and self.cooccurrence is not None:
-            self.cooccurrence.restore(state)
-            if counted_through:
-                self.counted_through = {p: o for p, o in counted_through.items() if o > 0}
+        if state is None or reads_again == "all" or self.cooccurrence is None:
+            counts = None
+        else:
+            counts = self.cooccurrence
+            counts.restore(state)
+            if reads_again == "part":
+                if trained_through is None:
+                    raise ValueError("a run that reads part of a version again needs its offsets")
+                self.counted_through = {p: o for p, o in trained_through.items() if o > 0}
         # Versions published before session 11 store no sample.
-        if state is None or "heldout.target" not in state:
+        if state is None or reads_again == "all" or "heldout.target" not in state:
             return
         adopted = _stored_batch(state, "heldout")
-        if heldout:
+        if reads_again == "none":
             with self._pending_lock:
                 self.pending.append(adopted)
-        if (heldout or counted_through) and counts and self.cooccurrence is not None:
-            self.cooccurrence.add(adopted.history, adopted.target)
+        if counts is not None:
+            counts.add(adopted.history, adopted.target)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

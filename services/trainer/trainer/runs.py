@@ -61,7 +61,7 @@ from streamrec_shared.schemas.control import (
 from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
 from trainer.gate import Verdict, judge, short_sample
-from trainer.learner import Learner, decode_records
+from trainer.learner import Learner, ReadsAgain, decode_records
 from trainer.metrics import TrainerMetrics
 from trainer.model.item_pooling import Floats, load_training_state, save_training_state
 from trainer.registry import Registry, RunRecord, RunStatus, VersionRecord
@@ -87,9 +87,7 @@ def register_run(registry: Registry, request: TrainRequested) -> RunRecord:
     )
 
 
-def events_read_again(
-    stream: BoundedStream | FollowStream, trained_through: Offsets
-) -> Literal["none", "all", "part"]:
+def events_read_again(stream: BoundedStream | FollowStream, trained_through: Offsets) -> ReadsAgain:
     """How much of a version's events a run warm-started from it reads again, from where the
     run starts and the version's ``trained_through`` (next offset per partition): ``none``
     where it starts at or past them in every partition, ``all`` where it starts at the
@@ -331,13 +329,7 @@ class TrainingRun:
                 latest.trained_through,
             )
         try:
-            self._require_learner().warm_start(
-                weights,
-                state,
-                counts=reread != "all",
-                heldout=reread == "none",
-                counted_through=latest.trained_through if reread == "part" else None,
-            )
+            self._require_learner().warm_start(weights, state, reread, latest.trained_through)
         except ValueError as error:
             log.warning("run %s starts cold: %s", self.run_id, error)
             self._learner = Learner(self.hp, self.services.settings.max_seen_items)
