@@ -56,6 +56,7 @@ from typing import Any
 
 import httpx
 from streamrec_shared.kafka import ensure_topics
+from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from streamrec_shared.settings import KafkaSettings, TopicSettings
 
 from streamrec_dev.evaluation.data import Dataset
@@ -437,10 +438,9 @@ class SharedStack:
             "STREAMREC_LOG_FORMAT": "text",
             "STREAMREC_LOG_LEVEL": "WARNING",
             "TF_CPP_MIN_LOG_LEVEL": "2",
-            # Inference and the feature updaters keep as many recent items as the model pools
-            # (never fewer than inference's default).
+            # Inference and the feature updaters keep as many recent items as the model pools.
             "STREAMREC_INFERENCE_RECENT_ITEMS": str(
-                max(50, int(settings.hyperparameters.get("history_length", 20)))
+                ItemPoolingHyperparameters(**settings.hyperparameters).history_length
             ),
         }
         shared_env = {**env, **self.topics.environment()}
