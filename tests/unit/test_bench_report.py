@@ -122,9 +122,8 @@ def test_the_quiet_stream_section_shows_the_rolling_sample_against_the_fixed_one
 def test_the_trainer_section_adds_publish_costs_only_where_measured() -> None:
     median = {"kafka_events_per_s": 60_000.0, "tensors_events_per_s": 80_000.0,
               "kafka_vs_tensors": 0.75}  # fmt: skip
-    publish = {"candidate_ms": 50.0, "training_state_ms": 1.0, "store_training_state_ms": 14.0,
-               "store_artifact_ms": 6.0, "training_state_mb": 7.4, "items": 1682.0,
-               "state_vs_artifact": 2.5}  # fmt: skip
+    publish = {"candidate_ms": 50.0, "training_state_ms": 15.0, "artifact_ms": 6.0,
+               "training_state_mb": 7.4, "items": 1682.0, "state_vs_artifact": 2.5}  # fmt: skip
     old = {"specs": {"default": {"median": median, "rounds": [{}]}}}
     assert len(trainer(old)) == 3  # a file written before publish costs were measured
 

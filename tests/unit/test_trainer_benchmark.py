@@ -27,7 +27,7 @@ def test_publish_costs_time_the_state_and_the_artifact_and_leave_nothing(tmp_pat
 
     assert costs["items"] == 13
     assert costs["training_state_mb"] > 0  # tables, optimizer slots and item-pair counts
-    for part in ("candidate_ms", "training_state_ms", "store_training_state_ms"):
+    for part in ("candidate_ms", "training_state_ms", "artifact_ms"):
         assert costs[part] > 0
     assert costs["state_vs_artifact"] > 0
     stored = [path for path in (tmp_path / "store").rglob("*") if path.is_file()]
