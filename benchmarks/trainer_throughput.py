@@ -89,7 +89,7 @@ def from_tensors(hp: ItemPoolingHyperparameters, values: list[bytes]) -> dict[st
     history, target, weight = examples.history, examples.target, examples.weight
     model = ItemPoolingModel(hp)
     model.ensure_capacity(items)
-    replay = Reservoir(hp.replay_buffer, hp.history_length, 0)
+    replay = Reservoir(hp.replay_buffer, hp.example_length, 0)
     fresh_per_step = round(hp.batch_size * (1 - hp.replay_fraction))
     warm = Batch(history[:fresh_per_step], target[:fresh_per_step], weight[:fresh_per_step])
     model.train(warm, items)  # trace the step outside the timing
@@ -112,7 +112,7 @@ def learner_in_memory(
     learner = Learner(hp)
     learner.model.ensure_capacity(2048)
     warm = Learner(hp)  # trace TF's step once, outside the timing
-    warm.model.train(Batch(np.full((8, hp.history_length), -1, np.int32),
+    warm.model.train(Batch(np.full((8, hp.example_length), -1, np.int32),
                            np.zeros(8, np.int32), np.ones(8, np.float32)), 1)  # fmt: skip
     started = time.perf_counter()
     chunk = 16_384

@@ -21,7 +21,8 @@ def reference_step(
     """One step the straightforward way: tape gradients of the gathered rows, then Adagrad."""
     hp = model.hp
     size = len(batch)
-    history = tf.constant(batch.history)
+    # The newest ``length`` items are pooled; the mask reaches every item the example carries.
+    history = tf.constant(batch.history[:, : model.length])
     in_rows, in_index = tf.unique(tf.reshape(tf.maximum(history, 0), [-1]))
     out_rows, out_index = tf.unique(tf.concat([batch.target, negatives], 0))
     rows_in = tf.gather(model.item_in, in_rows)
@@ -66,7 +67,8 @@ def reference_step(
 
 
 def history_mask(batch: Batch, out_rows: np.ndarray) -> np.ndarray:
-    """−1e9 at each example's history items (its target excepted), as columns of ``out_rows``."""
+    """−1e9 at each example's history items (its target excepted, pooled or not), as columns of
+    ``out_rows``."""
     column = {int(row): index for index, row in enumerate(out_rows)}
     mask = np.zeros((len(batch), len(out_rows)), dtype=np.float32)
     for example, (items, target) in enumerate(zip(batch.history, batch.target, strict=True)):
@@ -94,6 +96,8 @@ CASES = {
     "sampled": {"sampled_negatives": 32},
     "sampled-tied-l2": {"sampled_negatives": 32, "tie_embeddings": True, "l2": 0.01},
     "masked-tied": {"mask_history": True, "tie_embeddings": True},
+    # Examples carry 8 items: the newest 5 pooled, all 8 out of the softmax.
+    "masked-further": {"mask_history": True, "tie_embeddings": True, "mask_length": 8},
     # The mask applies to the exact softmax only: a sampled step is the plain one.
     "masked-sampled": {"mask_history": True, "sampled_negatives": 32},
 }
@@ -109,7 +113,7 @@ def test_hand_written_step_matches_the_tape_and_textbook_adagrad(case: str, size
     fused, reference = ItemPoolingModel(hp), ItemPoolingModel(hp)  # same seed: same start
     rng = np.random.default_rng(3)
     for _ in range(4):
-        batch = random_batch(rng, size, hp.history_length, items)
+        batch = random_batch(rng, size, hp.example_length, items)
         # ``train`` draws its negatives from the model's generator: draw the reference's from
         # the other model's generator, in the same state.
         negatives = reference.negatives(items)

@@ -116,6 +116,42 @@ def test_held_out_rows_keep_the_seen_set_of_their_time(learner: Learner) -> None
     assert learner.pending.history[-1] == [c, b, a]
 
 
+def test_a_mask_that_reaches_further_widens_the_examples() -> None:
+    learner = Learner(hyperparameters(mask_history=True, mask_length=5))
+    feed(learner, [("u", item) for item in "abcdefg"])
+    a, b, c, d, e, f, g = range(7)
+    # Each example carries the 5 newest items; the model pools the first 3 of them.
+    assert learner.pending.history[-1] == [f, e, d, c, b]
+    assert learner.pending.target[-1] == g
+    assert list(learner.users["u"].recent) == [c, d, e, f, g]
+    learner.train_pending(flush=True)
+    assert learner.candidate().history_length == LENGTH
+    # Without the mask, the reach is only what is pooled.
+    plain = Learner(hyperparameters(mask_length=5))
+    feed(plain, [("u", item) for item in "abcd"])
+    assert plain.pending.history[-1] == [c, b, a]
+
+
+def test_evaluate_pools_as_many_items_as_the_scorer_does() -> None:
+    """Held-out examples that carry more items than the scorer pools (the mask's reach) are
+    scored on the scorer's own newest items, as serving scores them."""
+    learner = Learner(hyperparameters(mask_history=True, mask_length=5))
+    feed(learner, stream(users=6, events=60, items=12, seed=1))
+    learner.train_pending(flush=True)
+    feed(learner, stream(users=6, events=30, items=12, seed=2), hold_out=True)
+    scorer = ItemPoolingScorer(learner.candidate())
+    held = learner.heldout
+    history = np.asarray(held.history, dtype=np.int64)
+    assert history.shape[1] == 5
+    history = history[:, :LENGTH]
+    ranks = target_ranks(
+        scorer.scores(scorer.user_vectors(history), history),
+        np.asarray(held.target),
+        [np.asarray(rows, dtype=np.int64) for rows in held.seen],
+    )
+    assert learner.evaluate(scorer, limit=1000) == rank_metrics(ranks)
+
+
 def test_seen_is_capped_and_forgets_the_oldest() -> None:
     learner = Learner(hyperparameters(), max_seen=2)
     feed(learner, [("u", "a"), ("u", "b"), ("u", "c")])
@@ -576,6 +612,28 @@ def test_warm_start_adopts_the_versions_sample_only_past_its_events(tmp_path: Pa
     assert len(rereading.pending) == 0
     assert rereading.cooccurrence is not None
     assert len(rereading.cooccurrence.state()["cooccurrence.item_events"]) == 0
+
+
+def test_warm_start_fits_a_sample_of_another_reach_to_its_own(tmp_path: Path) -> None:
+    """A version of a spec whose mask reached further (or less far) stores wider (or narrower)
+    held-out histories: the run keeps the newest items that fit, or pads."""
+    published = Learner(hyperparameters(mask_history=True, mask_length=5))
+    feed(published, [("u", item) for item in "abcde"])
+    feed(published, [("u", "f")], hold_out=True)
+    published.train_pending(flush=True)
+    weights = published.candidate()
+    save_training_state(tmp_path, published.training_state(len(weights.item_ids)))
+    state = load_training_state(tmp_path)
+    a, b, c, d, e, f = range(6)
+    assert published.heldout.history == [[e, d, c, b, a]]
+    narrower = Learner(hyperparameters())
+    narrower.warm_start(weights, state)
+    assert narrower.pending.history == [[e, d, c]]
+    wider = Learner(hyperparameters(mask_history=True, mask_length=7))
+    wider.warm_start(weights, state)
+    assert wider.pending.history == [[e, d, c, b, a, PAD, PAD]]
+    assert wider.pending.target == narrower.pending.target == [f]
+    wider.train_pending(flush=True)  # the adopted examples train at the run's width
 
 
 def test_decoded_records_say_which_record_each_interaction_came_from() -> None:

@@ -32,6 +32,22 @@ def test_defaults() -> None:
     assert hp.seed == 0
 
 
+@pytest.mark.parametrize(
+    ("fields", "length"),
+    [
+        ({}, 20),
+        ({"mask_history": True}, 20),
+        ({"mask_history": True, "mask_length": 150}, 150),
+        ({"mask_history": True, "mask_length": 10}, 20),  # the pooled items are carried anyway
+        ({"mask_length": 150}, 20),  # no mask: nothing to reach for
+    ],
+)
+def test_examples_carry_the_pooled_items_or_the_masks_reach(
+    fields: dict[str, Any], length: int
+) -> None:
+    assert hyperparameters(**fields).example_length == length
+
+
 def test_spec_in_defaults_to_an_item_pooling_spec() -> None:
     spec = ModelSpecIn(id="movies")
     assert spec.description == ""
@@ -56,6 +72,7 @@ def test_a_spec_parses_from_json() -> None:
     [
         ("embedding_dim", 4, 512),
         ("history_length", 1, 200),
+        ("mask_length", 1, 500),
         ("batch_size", 16, 65_536),
         ("sampled_negatives", 16, 1_000_000),
         ("initial_capacity", 16, 10_000_000),

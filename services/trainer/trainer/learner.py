@@ -171,7 +171,7 @@ class _Users(Mapping[str, UserState]):
         row = learner.user_rows[user]
         recent = learner.recent[row]
         return UserState(
-            recent=deque(recent[recent >= 0][::-1].tolist(), maxlen=learner.hp.history_length),
+            recent=deque(recent[recent >= 0][::-1].tolist(), maxlen=learner.hp.example_length),
             seen=learner.seen[row],
         )
 
@@ -294,15 +294,14 @@ class Learner:
         # example's input, and ``seen[row]`` the capped insertion-ordered set of seen items.
         self.user_ids: list[str] = []
         self.user_rows: dict[str, int] = {}
-        self.recent = np.full((1024, hyperparameters.history_length), -1, dtype=np.int32)
+        width = hyperparameters.example_length
+        self.recent = np.full((1024, width), -1, dtype=np.int32)
         self.seen: list[dict[int, None]] = []
-        self.replay = Reservoir(
-            hyperparameters.replay_buffer, hyperparameters.history_length, hyperparameters.seed
-        )
-        self.pending = Examples(hyperparameters.history_length)
+        self.replay = Reservoir(hyperparameters.replay_buffer, width, hyperparameters.seed)
+        self.pending = Examples(width)
         # One thread may observe (append to pending) while another trains (takes from it).
         self._pending_lock = threading.Lock()
-        self.heldout = Examples(hyperparameters.history_length)
+        self.heldout = Examples(width)
         # Counted, not learned: the item-to-item term a version publishes (off at weight 0).
         self.cooccurrence = (
             Cooccurrence(
@@ -435,7 +434,7 @@ class Learner:
     def _grow_users(self, users: int) -> None:
         if users > len(self.recent):
             grown = np.full(
-                (max(users, 2 * len(self.recent)), self.hp.history_length), -1, dtype=np.int32
+                (max(users, 2 * len(self.recent)), self.hp.example_length), -1, dtype=np.int32
             )
             grown[: len(self.recent)] = self.recent
             self.recent = grown
@@ -477,7 +476,7 @@ class Learner:
         (oldest first) followed by the group's items, so an event's history is the ``length``
         entries before it, read backwards.
         """
-        length = self.hp.history_length
+        length = self.hp.example_length
         count = len(rows)
         order = np.argsort(users, kind="stable")
         sorted_users = users[order]
@@ -604,6 +603,8 @@ class Learner:
         history = np.where(history >= 0, mapping[np.maximum(history, 0)], -1)
         # Items the scorer does not know drop out and older ones move up, as in serving.
         history = np.take_along_axis(history, np.argsort(history < 0, axis=1, kind="stable"), 1)
+        # As serving pools: the scorer's own number of newest known items.
+        history = history[:, : scorer.weights.history_length]
         targets = mapping[examples.target[start:].astype(np.int64)]
         excluded = [mapping[np.asarray(rows, dtype=np.int64)] for rows in held.seen[start:]]
         excluded = [rows[rows >= 0] for rows in excluded]
@@ -758,12 +759,26 @@ class Learner:
         # Versions published before session 11 store no sample.
         if state is None or reads_again == "all" or "heldout.target" not in state:
             return
-        adopted = _stored_batch(state, "heldout")
+        adopted = _with_width(_stored_batch(state, "heldout"), self.hp.example_length)
         if reads_again == "none":
             with self._pending_lock:
                 self.pending.append(adopted)
         if counts is not None:
             counts.add(adopted.history, adopted.target)
+
+
+def _with_width(batch: Batch, width: int) -> Batch:
+    """``batch`` with histories of ``width`` items: a version of another spec may carry more
+    or fewer (its mask's reach); the newest are kept, or padding (-1) added."""
+    have = batch.history.shape[1]
+    if have == width:
+        return batch
+    if have > width:
+        history = batch.history[:, :width]
+    else:
+        padding = np.full((len(batch), width - have), -1, dtype=np.int32)
+        history = np.concatenate([batch.history, padding], axis=1)
+    return Batch(np.ascontiguousarray(history), batch.target, batch.weight)
 
 
 def _ragged(rows: Iterable[list[int]]) -> tuple[Ints, Ints]:

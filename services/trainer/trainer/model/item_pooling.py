@@ -137,7 +137,8 @@ class ItemPoolingModel:
         hp = hyperparameters
         self.hp = hp
         self.dim = hp.embedding_dim
-        self.length = hp.history_length
+        self.length = hp.history_length  # items pooled
+        self.width = hp.example_length  # items an example carries (the mask may reach further)
         self.capacity = hp.initial_capacity
         self._rng = np.random.default_rng(hp.seed)
         tf.random.set_seed(hp.seed)
@@ -170,7 +171,7 @@ class ItemPoolingModel:
         ]
         self.steps = 0
         examples = [
-            tf.TensorSpec([None, self.length], tf.int32),
+            tf.TensorSpec([None, self.width], tf.int32),
             tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.float32),
         ]
@@ -302,6 +303,8 @@ class ItemPoolingModel:
         Padding examples (weight 0, no history) contribute exactly nothing.
         """
         batch = tf.shape(labels)[0]
+        masked = history  # the mask's reach: every item an example carries
+        history = history[:, : self.length]  # the pooled newest items
         flat = tf.reshape(tf.maximum(history, 0), [-1])
         in_rows, in_index = tf.unique(flat)
         embedded = tf.reshape(tf.gather(self.item_in, flat), [batch, self.length, self.dim])
@@ -313,7 +316,7 @@ class ItemPoolingModel:
         logits = tf.matmul(users_1, rows_bias, transpose_b=True)
         pairs = tf.stack([tf.range(batch), labels], 1)
         if self.hp.mask_history and exact:
-            logits = self._mask_history(logits, history, labels)
+            logits = self._mask_history(logits, masked, labels)
         probabilities = tf.nn.softmax(logits)
         losses = _cross_entropy(logits, probabilities, pairs)
         share = weight / tf.maximum(tf.reduce_sum(weight), 1e-12)
