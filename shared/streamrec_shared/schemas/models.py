@@ -63,8 +63,8 @@ class ItemPoolingHyperparameters(_Strict):
         le=500,
         description=(
             "With mask_history, how many of the user's newest items are left out of an example's"
-            " softmax (default: history_length); examples, and the replay reservoir, carry that"
-            " many items (4 bytes each)."
+            " softmax (default: history_length); examples, the replay reservoir and the"
+            " trainer's row per user carry that many items (4 bytes each)."
         ),
     )
     # On by default: it raised HR@10 on both evaluation datasets (in process, ML-100K 0.222 ->
