@@ -21,6 +21,7 @@ from streamrec_shared.settings import KafkaSettings, TopicSettings
 from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
 from trainer.cooccurrence import Cooccurrence
+from trainer.learner import STATE_META
 from trainer.main import create_app
 from trainer.model.item_pooling import load_training_state
 
@@ -415,6 +416,15 @@ async def test_a_run_that_reads_part_of_a_versions_events_again_counts_them_once
     with np.load(checkpoint / "state.npz") as stored:
         for name, array in expected.state().items():
             np.testing.assert_array_equal(stored[name], array)  # twice over p0 before session 12
+        pending = len(stored["pending.target"])
+    # v1's sample events that the run does not read again are trained at once (session 13:
+    # before, by no one); those in p0 from the middle on, when the run reads them.
+    unread = sum(
+        1 for partition, offset in state["heldout.source"] if partition != 0 or offset < middle
+    )
+    assert 0 < unread < len(state["heldout.target"])
+    meta = orjson.loads((checkpoint / STATE_META).read_bytes())
+    assert meta["events_trained"] + pending == meta["events_observed"] + unread
 
 
 async def test_spec_errors_are_clear(trainer: httpx.AsyncClient) -> None:

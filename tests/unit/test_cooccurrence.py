@@ -15,7 +15,7 @@ import pytest
 from streamrec_shared.schemas.control import BoundedStream, FollowStream, OffsetRange
 from trainer.cooccurrence import Cooccurrence
 from trainer.learner import Learner
-from trainer.runs import events_read_again
+from trainer.runs import events_read_again, reads_event
 
 from tests.unit.test_learner import feed, hyperparameters, stream
 
@@ -216,6 +216,26 @@ def batch(**starts: int) -> BoundedStream:
 
 
 @pytest.mark.parametrize(
+    ("stream_read", "read", "unread"),
+    [
+        (follow(), [(0, 0), (5, 10**9)], []),
+        (follow("latest"), [], [(0, 0), (1, 99)]),  # the events already in the topic
+        (follow("latest", p1=50), [(1, 50), (1, 999)], [(1, 49), (0, 60)]),
+        (follow(p0=40), [(0, 40), (2, 0)], [(0, 39)]),
+        (batch(p0=40), [(0, 40), (0, 139)], [(0, 39), (0, 140), (1, 50)]),  # end exclusive
+    ],
+)
+def test_a_run_knows_which_events_already_in_the_topic_it_reads(
+    stream_read: BoundedStream | FollowStream,
+    read: list[tuple[int, int]],
+    unread: list[tuple[int, int]],
+) -> None:
+    reads = reads_event(stream_read)
+    assert all(reads(*event) for event in read)
+    assert not any(reads(*event) for event in unread)
+
+
+@pytest.mark.parametrize(
     ("stream_read", "expected"),
     [
         (follow(), "all"),  # the evaluation's arm 5: a follow from the earliest offsets
@@ -247,7 +267,9 @@ def test_a_warm_start_that_reads_part_of_the_events_again_counts_them_once() -> 
     weights = publisher.candidate()
     state = publisher.training_state(len(weights.item_ids))
     rereading = learner_with()
-    rereading.warm_start(weights, state, "part", dict(publisher.position))
+    rereading.warm_start(
+        weights, state, "part", dict(publisher.position), reads_event(follow(p0=120, p1=100))
+    )
     rereading.position[0] = 120
     feed(rereading, p0[120:], partition=0, hold_out=True)
 
@@ -262,22 +284,52 @@ def test_a_warm_start_that_reads_part_of_the_events_again_counts_them_once() -> 
     assert events.sum() == counts_of(publisher)["cooccurrence.item_events"].sum() + 2
 
 
-def test_a_partial_reread_counts_the_versions_held_out_sample_without_training_it() -> None:
+@pytest.mark.parametrize("where", ["before", "inside", "after"])
+def test_a_partial_reread_counts_the_versions_sample_and_trains_what_it_will_not_read(
+    where: str,
+) -> None:
+    """The version's held-out sample (among offsets 100-119 of p0) is in no count and trained
+    by no one. A run that reads p0 again from before, inside or after it (and p1 from where
+    the version stopped) counts all of it at once, trains the sample events below where it
+    starts at once, and leaves the rest to its reading."""
     events = stream(users=5, events=120, items=10, seed=11)
     publisher = learner_with()
     feed(publisher, events[:100])
-    feed(publisher, events[100:], hold_out=True)  # the version's sample: trained by no one
+    feed(publisher, events[100:], hold_out=True)
+    feed(publisher, stream(users=5, events=10, items=10, seed=12), partition=1)
     weights = publisher.candidate()
     state = publisher.training_state(len(weights.item_ids))
-    sample = len(publisher.heldout)
-    assert sample > 0
+    sample = publisher.heldout
+    assert len(sample) > 1
+    start = {"before": 90, "inside": sample.sources[len(sample) // 2][1], "after": 120}[where]
+    unread = [index for index, (_, offset) in enumerate(sample.sources) if offset < start]
+    targets, histories = sample.target, sample.history  # copies, before the release below
     rereading = learner_with()
-    rereading.warm_start(weights, state, "part", {0: 120})
+    rereading.warm_start(
+        weights, state, "part", {0: 120, 1: 10}, reads_event(follow(p0=start, p1=10))
+    )
 
     publisher.release_heldout()  # now the publisher's counts hold its sample too
     for name, array in counts_of(publisher).items():
         np.testing.assert_array_equal(counts_of(rereading)[name], array)
-    assert len(rereading.pending) == 0  # the part read again trains its share of the sample
+    assert rereading.pending.target == [targets[index] for index in unread]
+    assert rereading.pending.history == [histories[index] for index in unread]
+    assert len(unread) == {"before": 0, "inside": len(targets) // 2, "after": len(targets)}[where]
+
+
+def test_a_partial_reread_leaves_a_sample_of_unknown_offsets_to_its_reading() -> None:
+    """Versions published before session 13 stored no offsets with their sample."""
+    publisher = learner_with()
+    feed(publisher, stream(users=5, events=100, items=10, seed=11))
+    feed(publisher, stream(users=5, events=20, items=10, seed=13), hold_out=True)
+    weights = publisher.candidate()
+    state = publisher.training_state(len(weights.item_ids))
+    del state["heldout.source"]
+    rereading = learner_with()
+    rereading.warm_start(weights, state, "part", {0: 120}, reads_event(follow(p0=110)))
+    assert len(rereading.pending) == 0
+    with pytest.raises(ValueError, match="offsets"):
+        learner_with().warm_start(weights, state, "part", {0: 120})
 
 
 def test_events_below_counted_through_need_their_source() -> None:

@@ -479,7 +479,7 @@ def test_save_load_restores_every_piece_of_state(tmp_path: Path) -> None:
         assert loaded.users[user].recent.maxlen == LENGTH
         assert list(loaded.users[user].seen) == list(state.seen)  # order: oldest dropped first
     for name in ("pending", "heldout"):
-        for column in ("history", "target", "weight", "seen"):
+        for column in ("history", "target", "weight", "seen", "sources"):
             assert getattr(getattr(loaded, name), column) == getattr(
                 getattr(original, name), column
             ), f"{name}.{column}"
@@ -492,6 +492,11 @@ def test_save_load_restores_every_piece_of_state(tmp_path: Path) -> None:
             getattr(loaded.replay, column)[:size], getattr(original.replay, column)[:size]
         )
     assert loaded.position == original.position == {0: 75, 3: 20, 1: 25, 4: 10}
+    # The held-out events came from partition 1, offsets 0-24 (repeats are never held out).
+    sources = original.heldout.sources
+    assert len(sources) == len(original.heldout) > 0
+    assert {partition for partition, _ in sources} == {1}
+    assert [offset for _, offset in sources] == sorted({offset for _, offset in sources})
     assert loaded.events_observed == original.events_observed == 120
     assert loaded.events_trained == original.events_trained > 0
     assert loaded.model.steps == original.model.steps > 0

@@ -17,7 +17,7 @@ import dataclasses
 import io
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,9 @@ class UserState:
     seen: dict[int, None] = field(default_factory=dict)
 
 
+UNKNOWN: tuple[int, int] = (-1, -1)  # an event's (partition, offset) where it is not known
+
+
 class Examples:
     """Examples in arrival order, kept as NumPy chunks (one per observed fetch) so that taking
     a mini-batch is a slice, not a conversion of Python lists."""
@@ -62,18 +65,28 @@ class Examples:
         self._chunks: deque[Batch] = deque()
         self._head = 0  # examples of the first chunk already taken
         self._count = 0
-        self.seen: list[list[int]] = []  # only kept for held-out examples
+        # Only kept for held-out examples: each one's seen set, and where its event is in the
+        # stream ((partition, offset); (-1, -1): not known).
+        self.seen: list[list[int]] = []
+        self.sources: list[tuple[int, int]] = []
 
     def __len__(self) -> int:
         return self._count
 
-    def append(self, batch: Batch, seen: list[list[int]] | None = None) -> None:
+    def append(
+        self,
+        batch: Batch,
+        seen: list[list[int]] | None = None,
+        sources: list[tuple[int, int]] | None = None,
+    ) -> None:
         if len(batch) == 0:
             return
         self._chunks.append(batch)
         self._count += len(batch)
         if seen is not None:
             self.seen.extend(seen)
+        if sources is not None:
+            self.sources.extend(sources)
 
     def take(self, count: int) -> Batch:
         """The oldest ``count`` examples (fewer if there are fewer), removed from here."""
@@ -97,6 +110,7 @@ class Examples:
         taken = sum(len(part) for part in parts)
         self._count -= taken
         del self.seen[:taken]
+        del self.sources[:taken]
         return _concat_all(parts, self.length)
 
     def arrays(self) -> Batch:
@@ -126,6 +140,7 @@ class Examples:
         self._head = 0
         self._count = 0
         self.seen.clear()
+        self.sources.clear()
 
 
 def _concat_all(parts: list[Batch], length: int) -> Batch:
@@ -158,6 +173,21 @@ def _stored_batch(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> Batch:
         np.asarray(arrays[f"{name}.target"], dtype=np.int32),
         np.asarray(arrays[f"{name}.weight"], dtype=np.float32),
     )
+
+
+def _sources_array(name: str, sources: list[tuple[int, int]]) -> dict[str, npt.NDArray[Any]]:
+    """Held-out events' (partition, offset) as one ``[n, 2]`` array named ``name.source``."""
+    return {f"{name}.source": np.asarray(sources, dtype=np.int64).reshape(-1, 2)}
+
+
+def _stored_sources(
+    arrays: Mapping[str, npt.NDArray[Any]], name: str, count: int
+) -> list[tuple[int, int]]:
+    """What ``_sources_array`` stored; state from before session 13 has none: not known."""
+    stored = arrays.get(f"{name}.source")
+    if stored is None:
+        return [UNKNOWN] * count
+    return [(int(partition), int(offset)) for partition, offset in stored]
 
 
 class _Users(Mapping[str, UserState]):
@@ -365,8 +395,9 @@ class Learner:
         the other), then ``position[p] = positions[p]``. The per-event Python work is the id
         lookups and the seen sets; histories are built for the whole sequence with NumPy.
 
-        ``sources``: each event's (partition, offset), needed only while ``counted_through``
-        is set (a caller that has them at no cost may always pass them)."""
+        ``sources``: each event's (partition, offset), needed while ``counted_through`` is set
+        and kept with held-out events (so a run that reads part of a version again knows which
+        of its sample it will not read); callers that hold events out should pass them."""
         count = len(users)
         counted = self._counted_before(sources, count)
         if counted is not None and hold_out is not None:
@@ -383,7 +414,12 @@ class Learner:
             if held:
                 index = np.asarray(held)
                 keep[index] = False
-                self.heldout.append(Batch(history[index], target[index], weight[index]), held_seen)
+                held_sources = (
+                    [sources[i] for i in held] if sources is not None else [UNKNOWN] * len(held)
+                )
+                self.heldout.append(
+                    Batch(history[index], target[index], weight[index]), held_seen, held_sources
+                )
                 fresh = Batch(history[keep], target[keep], weight[keep])
             else:
                 fresh = Batch(history, target, weight)
@@ -637,6 +673,7 @@ class Learner:
         arrays.update(_batch_arrays("pending", self.pending.arrays()))
         arrays.update(_batch_arrays("heldout", self.heldout.arrays()))
         arrays["heldout.seen"], arrays["heldout.seen_len"] = _ragged(self.heldout.seen)
+        arrays.update(_sources_array("heldout", self.heldout.sources))
         size = self.replay.size
         arrays["replay.history"] = self.replay.history[:size]
         arrays["replay.target"] = self.replay.target[:size]
@@ -692,9 +729,11 @@ class Learner:
             for rows in _unragged(arrays["users.seen"], arrays["users.seen_len"])
         ]
         learner.pending.append(_stored_batch(arrays, "pending"))
+        heldout = _stored_batch(arrays, "heldout")
         learner.heldout.append(
-            _stored_batch(arrays, "heldout"),
+            heldout,
             _unragged(arrays["heldout.seen"], arrays["heldout.seen_len"]),
+            _stored_sources(arrays, "heldout", len(heldout)),
         )
         size = len(arrays["replay.target"])
         learner.replay.history[:size] = arrays["replay.history"]
@@ -722,6 +761,7 @@ class Learner:
         if self.cooccurrence is not None:
             state.update(self.cooccurrence.state())
         state.update(_batch_arrays("heldout", self.heldout.arrays()))
+        state.update(_sources_array("heldout", self.heldout.sources))
         return state
 
     def warm_start(
@@ -730,6 +770,7 @@ class Learner:
         state: Mapping[str, npt.NDArray[Any]] | None = None,
         reads_again: ReadsAgain = "none",
         trained_through: Mapping[int, int] | None = None,
+        reads: Callable[[int, int], bool] | None = None,
     ) -> None:
         """Begin from a published version's vocabulary and weights, with its training state
         when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state.
@@ -742,8 +783,13 @@ class Learner:
         - ``all``: neither: the run counts, trains and judges every event itself;
         - ``part``: continue the counts, skipping the events below ``trained_through`` that the
           run reads again (trained, never held out: see ``counted_through``); count the sample,
-          which the counts lack, but do not train it: the part read again trains its share.
+          which the counts lack, and train the sample's events that the run will not read
+          (``reads``: whether it reads the event at a partition and offset); those it reads
+          again it trains then. Sample events of no known offset (versions published before
+          session 13) are left to the part read again.
         """
+        if reads_again == "part" and (trained_through is None or reads is None):
+            raise ValueError("a run that reads part of a version again needs its offsets")
         self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
@@ -752,17 +798,23 @@ class Learner:
         else:
             counts = self.cooccurrence
             counts.restore(state)
-            if reads_again == "part":
-                if trained_through is None:
-                    raise ValueError("a run that reads part of a version again needs its offsets")
+            if reads_again == "part" and trained_through is not None:
                 self.counted_through = {p: o for p, o in trained_through.items() if o > 0}
         # Versions published before session 11 store no sample.
         if state is None or reads_again == "all" or "heldout.target" not in state:
             return
         adopted = _with_width(_stored_batch(state, "heldout"), self.hp.example_length)
-        if reads_again == "none":
-            with self._pending_lock:
-                self.pending.append(adopted)
+        unread = adopted
+        if reads_again == "part" and reads is not None:
+            sources = _stored_sources(state, "heldout", len(adopted))
+            keep = np.fromiter(
+                (source != UNKNOWN and not reads(*source) for source in sources),
+                dtype=bool,
+                count=len(sources),
+            )
+            unread = Batch(adopted.history[keep], adopted.target[keep], adopted.weight[keep])
+        with self._pending_lock:
+            self.pending.append(unread)
         if counts is not None:
             counts.add(adopted.history, adopted.target)
 

@@ -95,13 +95,7 @@ def events_read_again(stream: BoundedStream | FollowStream, trained_through: Off
 
     The item-to-item counts need it: a run continues the version's counts, unless it counts
     the same events again itself."""
-    unnamed: int | None  # where a partition the stream does not name starts (None: unread)
-    if isinstance(stream, BoundedStream):
-        starts: dict[int, int] = {p: r.start for p, r in stream.partitions.items()}
-        unnamed = None
-    else:
-        starts = dict(stream.offsets)
-        unnamed = 0 if stream.start == "earliest" else None  # "latest": past every event
+    starts, unnamed = _starts(stream)
     counted = [
         (starts.get(p, unnamed), through) for p, through in trained_through.items() if through
     ]
@@ -111,6 +105,32 @@ def events_read_again(stream: BoundedStream | FollowStream, trained_through: Off
     if len(again) == len(counted) and not any(again):
         return "all"
     return "part"
+
+
+def reads_event(stream: BoundedStream | FollowStream) -> Callable[[int, int], bool]:
+    """Whether a run over ``stream`` reads the event at (partition, offset) that is already in
+    the topic (a follow from ``latest`` reads none of those in partitions it does not name)."""
+    starts, unnamed = _starts(stream)
+    ends = (
+        {p: r.end for p, r in stream.partitions.items()}
+        if isinstance(stream, BoundedStream)
+        else {}
+    )
+
+    def reads(partition: int, offset: int) -> bool:
+        start = starts.get(partition, unnamed)
+        end = ends.get(partition)
+        return start is not None and start <= offset and (end is None or offset < end)
+
+    return reads
+
+
+def _starts(stream: BoundedStream | FollowStream) -> tuple[dict[int, int], int | None]:
+    """Where a run over ``stream`` starts in each partition it names, and in the others
+    (None: it reads none of their events already in the topic)."""
+    if isinstance(stream, BoundedStream):
+        return {p: r.start for p, r in stream.partitions.items()}, None
+    return dict(stream.offsets), (0 if stream.start == "earliest" else None)
 
 
 class RunStopped(Exception):
@@ -329,7 +349,9 @@ class TrainingRun:
                 latest.trained_through,
             )
         try:
-            self._require_learner().warm_start(weights, state, reread, latest.trained_through)
+            self._require_learner().warm_start(
+                weights, state, reread, latest.trained_through, reads_event(self.request.stream)
+            )
         except ValueError as error:
             log.warning("run %s starts cold: %s", self.run_id, error)
             self._learner = Learner(self.hp, self.services.settings.max_seen_items)
@@ -386,11 +408,8 @@ class TrainingRun:
                 self._dead.append(((partition, record.offset, record.key, record.value), error))
             # One draw per interaction, in order.
             hold_out = [draw() < rate for _ in decoded.users]
-            sources = (
-                [(partition, records[index].offset) for index in decoded.indices]
-                if learner.counted_through
-                else None
-            )
+            # Kept with held-out events too (see ``Learner.warm_start``).
+            sources = [(partition, records[index].offset) for index in decoded.indices]
             learner.observe_many(
                 decoded.users,
                 decoded.items,
