@@ -15,7 +15,7 @@ import pytest
 from streamrec_shared.schemas.control import BoundedStream, FollowStream, OffsetRange
 from trainer.cooccurrence import Cooccurrence
 from trainer.learner import Learner
-from trainer.runs import events_read_again, reads_event
+from trainer.runs import reading_of
 
 from tests.unit.test_learner import feed, hyperparameters, stream
 
@@ -195,7 +195,11 @@ def test_a_warm_start_that_reads_the_events_again_counts_them_once() -> None:
     publisher = learner_with_counts(events)
     weights = publisher.candidate()
     rereading = learner_with()
-    rereading.warm_start(weights, publisher.training_state(len(weights.item_ids)), "all")
+    state = publisher.training_state(len(weights.item_ids))
+    assert (
+        rereading.warm_start(weights, state, dict(publisher.position), reading_of(follow()))
+        == "all"
+    )
     feed(rereading, events)
     # Raw counts: doubling every count would leave the cosines as they are.
     for name, array in counts_of(publisher).items():
@@ -230,9 +234,9 @@ def test_a_run_knows_which_events_already_in_the_topic_it_reads(
     read: list[tuple[int, int]],
     unread: list[tuple[int, int]],
 ) -> None:
-    reads = reads_event(stream_read)
-    assert all(reads(*event) for event in read)
-    assert not any(reads(*event) for event in unread)
+    reading = reading_of(stream_read)
+    assert all(reading.reads(*event) for event in read)
+    assert not any(reading.reads(*event) for event in unread)
 
 
 @pytest.mark.parametrize(
@@ -248,6 +252,15 @@ def test_a_run_knows_which_events_already_in_the_topic_it_reads(
         (batch(p0=0), "part"),  # p0 again, but p1's counts would be lost by a recount
         (follow(p0=10), "part"),  # p0 from 10, p1 from the beginning
         (follow("latest", p1=59), "part"),  # one event of p1 again
+        # Ranges that end before the version's offsets: the rest is not read again.
+        (
+            BoundedStream(
+                topic="events",
+                partitions={0: OffsetRange(start=0, end=20), 1: OffsetRange(start=0, end=60)},
+            ),
+            "part",
+        ),
+        (BoundedStream(topic="events", partitions={0: OffsetRange(start=20, end=20)}), "none"),
     ],
 )
 def test_a_warm_start_knows_how_much_of_the_versions_events_it_reads_again(
@@ -255,7 +268,7 @@ def test_a_warm_start_knows_how_much_of_the_versions_events_it_reads_again(
 ) -> None:
     # The version trained p0 through offset 40 and p1 through 60; p2 has nothing counted.
     trained_through = {0: 40, 1: 60, 2: 0}
-    assert events_read_again(stream_read, trained_through) == expected
+    assert reading_of(stream_read).again(trained_through) == expected
 
 
 def test_a_warm_start_that_reads_part_of_the_events_again_counts_them_once() -> None:
@@ -267,9 +280,8 @@ def test_a_warm_start_that_reads_part_of_the_events_again_counts_them_once() -> 
     weights = publisher.candidate()
     state = publisher.training_state(len(weights.item_ids))
     rereading = learner_with()
-    rereading.warm_start(
-        weights, state, "part", dict(publisher.position), reads_event(follow(p0=120, p1=100))
-    )
+    reading = reading_of(follow(p0=120, p1=100))
+    assert rereading.warm_start(weights, state, dict(publisher.position), reading) == "part"
     rereading.position[0] = 120
     feed(rereading, p0[120:], partition=0, hold_out=True)
 
@@ -305,9 +317,7 @@ def test_a_partial_reread_counts_the_versions_sample_and_trains_what_it_will_not
     unread = [index for index, (_, offset) in enumerate(sample.sources) if offset < start]
     targets, histories = sample.target, sample.history  # copies, before the release below
     rereading = learner_with()
-    rereading.warm_start(
-        weights, state, "part", {0: 120, 1: 10}, reads_event(follow(p0=start, p1=10))
-    )
+    rereading.warm_start(weights, state, {0: 120, 1: 10}, reading_of(follow(p0=start, p1=10)))
 
     publisher.release_heldout()  # now the publisher's counts hold its sample too
     for name, array in counts_of(publisher).items():
@@ -326,10 +336,8 @@ def test_a_partial_reread_leaves_a_sample_of_unknown_offsets_to_its_reading() ->
     state = publisher.training_state(len(weights.item_ids))
     del state["heldout.source"]
     rereading = learner_with()
-    rereading.warm_start(weights, state, "part", {0: 120}, reads_event(follow(p0=110)))
+    assert rereading.warm_start(weights, state, {0: 120}, reading_of(follow(p0=110))) == "part"
     assert len(rereading.pending) == 0
-    with pytest.raises(ValueError, match="offsets"):
-        learner_with().warm_start(weights, state, "part", {0: 120})
 
 
 def test_events_below_counted_through_need_their_source() -> None:

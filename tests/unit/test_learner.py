@@ -16,7 +16,7 @@ from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingW
 from streamrec_shared.ranking import rank_metrics, target_ranks
 from streamrec_shared.schemas.events import Interaction
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
-from trainer.learner import Learner, Reservoir, decode_records
+from trainer.learner import Learner, Reading, Reservoir, decode_records
 from trainer.model.item_pooling import Batch, load_training_state, save_training_state
 
 LENGTH = 3
@@ -613,7 +613,8 @@ def test_warm_start_adopts_the_versions_sample_only_past_its_events(tmp_path: Pa
     np.testing.assert_array_equal(counts["cooccurrence.item_events"], [2, 1, 1])
     assert len(counts["cooccurrence.codes"]) == 6  # (a, b), (c, b), (c, a), both ways
     rereading = Learner(hyperparameters())  # a run that reads all of the version's events
-    rereading.warm_start(weights, state, "all")
+    reading = Reading({}, unnamed=0)  # a follow from the earliest offsets
+    assert rereading.warm_start(weights, state, dict(published.position), reading) == "all"
     assert len(rereading.pending) == 0
     assert rereading.cooccurrence is not None
     assert len(rereading.cooccurrence.state()["cooccurrence.item_events"]) == 0

@@ -17,7 +17,7 @@ import dataclasses
 import io
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +41,46 @@ SCORE_CELLS_PER_CHUNK = 4_000_000
 Ints = npt.NDArray[np.int32]
 # How much of a version's events a run warm-started from it reads again.
 ReadsAgain = Literal["none", "all", "part"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Which of the events already in the topic a run reads: offsets ``[start, end)`` of each
+    partition in ``ranges`` (``end`` None: on and on), and from ``unnamed`` on in the others
+    (None: none of theirs). ``runs.reading_of`` makes one from a run's stream."""
+
+    ranges: Mapping[int, tuple[int, int | None]]
+    unnamed: int | None = None
+
+    def _range(self, partition: int) -> tuple[int, int | None] | None:
+        if partition in self.ranges:
+            return self.ranges[partition]
+        return None if self.unnamed is None else (self.unnamed, None)
+
+    def reads(self, partition: int, offset: int) -> bool:
+        span = self._range(partition)
+        return span is not None and span[0] <= offset and (span[1] is None or offset < span[1])
+
+    def again(self, trained_through: Mapping[int, int]) -> ReadsAgain:
+        """How much of a version's events, below ``trained_through`` (the next offset per
+        partition), this run reads again: none of them, all of them, or part."""
+        read, partitions = 0, 0
+        for partition, through in trained_through.items():
+            if through <= 0:
+                continue
+            partitions += 1
+            span = self._range(partition)
+            if span is None or span[0] >= through or (span[1] is not None and span[1] <= span[0]):
+                continue  # none of this partition's
+            if span[0] > 0 or (span[1] is not None and span[1] < through):
+                return "part"
+            read += 1
+        if read == 0:
+            return "none"
+        return "all" if read == partitions else "part"
+
+
+READS_NONE = Reading({})  # a run that starts past every event already in the topic
 
 
 @dataclass
@@ -768,28 +808,27 @@ class Learner:
         self,
         weights: ItemPoolingWeights,
         state: Mapping[str, npt.NDArray[Any]] | None = None,
-        reads_again: ReadsAgain = "none",
         trained_through: Mapping[int, int] | None = None,
-        reads: Callable[[int, int], bool] | None = None,
-    ) -> None:
+        reading: Reading = READS_NONE,
+    ) -> ReadsAgain:
         """Begin from a published version's vocabulary and weights, with its training state
         when given (optimizer slots too: see ``ItemPoolingModel.warm_start``); no user state.
 
-        ``reads_again``: how much of the version's events the run reads again
-        (``runs.events_read_again``). The version's training state holds its item-to-item
-        counts and its held-out sample (below its ``trained_through``, yet trained by nothing):
+        ``reading``: what the run reads; how much of the version's events (below its
+        ``trained_through``) that is, is returned. The version's training state holds its
+        item-to-item counts and its held-out sample (below ``trained_through``, yet trained
+        by nothing):
         - ``none``: continue the counts; train and count the sample, which the run would
           otherwise never see;
         - ``all``: neither: the run counts, trains and judges every event itself;
         - ``part``: continue the counts, skipping the events below ``trained_through`` that the
           run reads again (trained, never held out: see ``counted_through``); count the sample,
-          which the counts lack, and train the sample's events that the run will not read
-          (``reads``: whether it reads the event at a partition and offset); those it reads
-          again it trains then. Sample events of no known offset (versions published before
-          session 13) are left to the part read again.
+          which the counts lack, and train the sample's events that the run will not read;
+          those it reads again it trains then. Sample events of no known offset (versions
+          published before session 13) are left to the part read again.
         """
-        if reads_again == "part" and (trained_through is None or reads is None):
-            raise ValueError("a run that reads part of a version again needs its offsets")
+        trained_through = trained_through or {}
+        reads_again = reading.again(trained_through)
         self.model.warm_start(weights, state)
         self.item_ids = list(weights.item_ids)
         self.item_rows = {item: row for row, item in enumerate(self.item_ids)}
@@ -798,17 +837,17 @@ class Learner:
         else:
             counts = self.cooccurrence
             counts.restore(state)
-            if reads_again == "part" and trained_through is not None:
+            if reads_again == "part":
                 self.counted_through = {p: o for p, o in trained_through.items() if o > 0}
         # Versions published before session 11 store no sample.
         if state is None or reads_again == "all" or "heldout.target" not in state:
-            return
+            return reads_again
         adopted = _with_width(_stored_batch(state, "heldout"), self.hp.example_length)
         unread = adopted
-        if reads_again == "part" and reads is not None:
+        if reads_again == "part":
             sources = _stored_sources(state, "heldout", len(adopted))
             keep = np.fromiter(
-                (source != UNKNOWN and not reads(*source) for source in sources),
+                (source != UNKNOWN and not reading.reads(*source) for source in sources),
                 dtype=bool,
                 count=len(sources),
             )
@@ -817,6 +856,7 @@ class Learner:
             self.pending.append(unread)
         if counts is not None:
             counts.add(adopted.history, adopted.target)
+        return reads_again
 
 
 def _with_width(batch: Batch, width: int) -> Batch:

@@ -51,7 +51,6 @@ from streamrec_shared.schemas.control import (
     ControlMessageBase,
     FollowStream,
     ModelPublished,
-    Offsets,
     TrainingFailed,
     TrainingFinished,
     TrainingMode,
@@ -61,7 +60,7 @@ from streamrec_shared.schemas.control import (
 from trainer.checkpoints import Checkpoints
 from trainer.config import TrainerSettings
 from trainer.gate import Verdict, judge, short_sample
-from trainer.learner import Learner, ReadsAgain, decode_records
+from trainer.learner import Learner, Reading, decode_records
 from trainer.metrics import TrainerMetrics
 from trainer.model.item_pooling import Floats, load_training_state, save_training_state
 from trainer.registry import Registry, RunRecord, RunStatus, VersionRecord
@@ -87,50 +86,16 @@ def register_run(registry: Registry, request: TrainRequested) -> RunRecord:
     )
 
 
-def events_read_again(stream: BoundedStream | FollowStream, trained_through: Offsets) -> ReadsAgain:
-    """How much of a version's events a run warm-started from it reads again, from where the
-    run starts and the version's ``trained_through`` (next offset per partition): ``none``
-    where it starts at or past them in every partition, ``all`` where it starts at the
-    beginning of every one (a follow from the earliest offsets, a range from 0), else ``part``.
-
-    The item-to-item counts need it: a run continues the version's counts, unless it counts
-    the same events again itself."""
-    starts, unnamed = _starts(stream)
-    counted = [
-        (starts.get(p, unnamed), through) for p, through in trained_through.items() if through
-    ]
-    again = [start for start, through in counted if start is not None and start < through]
-    if not again:
-        return "none"
-    if len(again) == len(counted) and not any(again):
-        return "all"
-    return "part"
-
-
-def reads_event(stream: BoundedStream | FollowStream) -> Callable[[int, int], bool]:
-    """Whether a run over ``stream`` reads the event at (partition, offset) that is already in
-    the topic (a follow from ``latest`` reads none of those in partitions it does not name)."""
-    starts, unnamed = _starts(stream)
-    ends = (
-        {p: r.end for p, r in stream.partitions.items()}
-        if isinstance(stream, BoundedStream)
-        else {}
-    )
-
-    def reads(partition: int, offset: int) -> bool:
-        start = starts.get(partition, unnamed)
-        end = ends.get(partition)
-        return start is not None and start <= offset and (end is None or offset < end)
-
-    return reads
-
-
-def _starts(stream: BoundedStream | FollowStream) -> tuple[dict[int, int], int | None]:
-    """Where a run over ``stream`` starts in each partition it names, and in the others
-    (None: it reads none of their events already in the topic)."""
+def reading_of(stream: BoundedStream | FollowStream) -> Reading:
+    """What a run over ``stream`` reads of the events already in the topic: a range's offsets,
+    or a follow from its named offsets, and in the other partitions from the beginning
+    (``earliest``) or none (``latest``: it starts past every event there)."""
     if isinstance(stream, BoundedStream):
-        return {p: r.start for p, r in stream.partitions.items()}, None
-    return dict(stream.offsets), (0 if stream.start == "earliest" else None)
+        return Reading({p: (r.start, r.end) for p, r in stream.partitions.items()})
+    return Reading(
+        {p: (offset, None) for p, offset in stream.offsets.items()},
+        0 if stream.start == "earliest" else None,
+    )
 
 
 class RunStopped(Exception):
@@ -336,10 +301,17 @@ class TrainingRun:
         folder = self.services.store.open(latest.artifact_uri, latest.digest)
         weights = load_weights(folder)
         state = self._training_state(latest.version, read_manifest(folder), weights)
-        # A run that reads all of the version's events again counts them itself; any other
-        # continues the version's item-to-item counts, and one that reads part of them again
-        # skips (by offset) the events those counts already hold.
-        reread = events_read_again(self.request.stream, latest.trained_through)
+        # What the version's counts and held-out sample mean for this run depends on how much
+        # of the version's events it reads again: the learner decides (``warm_start``).
+        try:
+            reread = self._require_learner().warm_start(
+                weights, state, latest.trained_through, reading_of(self.request.stream)
+            )
+        except ValueError as error:
+            log.warning("run %s starts cold: %s", self.run_id, error)
+            self._learner = Learner(self.hp, self.services.settings.max_seen_items)
+            return
+        self.progress.warm_start = "weights only" if state is None else "weights+optimizer"
         if reread == "part" and self.hp.cooccurrence_weight > 0:
             log.info(
                 "run %s reads part of v%d's events again: their item pairs are not counted"
@@ -348,15 +320,6 @@ class TrainingRun:
                 latest.version,
                 latest.trained_through,
             )
-        try:
-            self._require_learner().warm_start(
-                weights, state, reread, latest.trained_through, reads_event(self.request.stream)
-            )
-        except ValueError as error:
-            log.warning("run %s starts cold: %s", self.run_id, error)
-            self._learner = Learner(self.hp, self.services.settings.max_seen_items)
-            return
-        self.progress.warm_start = "weights only" if state is None else "weights+optimizer"
 
     def _training_state(
         self, version: int, manifest: dict[str, Any], weights: ItemPoolingWeights
