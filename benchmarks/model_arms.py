@@ -6,13 +6,15 @@ through-the-stack arms: same model code, same learner, no Kafka/HTTP in between)
 - ``pooling-fresh-features``: the frozen model, but each user's recent items follow the stream
   (what the Redis feature cache gives the service);
 - ``pooling-incremental``: fresh features and the learner keeps training on the stream, with a
-  new version every ``retrain_every`` events (the full product, in process).
+  new version every ``retrain_every`` events (the full product, in process);
+- ``pooling-incremental-new-items``: the same, and items the version does not know yet are
+  ranked from their first events (:class:`NewItems`): a lead for serving, not yet in the stack.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,7 +23,7 @@ import numpy as np
 from streamrec_dev.evaluation.data import Interaction
 from streamrec_dev.evaluation.protocol import Recommender
 from streamrec_dev.evaluation.stack_arms import EVALUATION_HYPERPARAMETERS
-from streamrec_shared.models.item_pooling import ItemPoolingScorer
+from streamrec_shared.models.item_pooling import Floats, ItemPoolingScorer
 from streamrec_shared.schemas.events import Interaction as Event
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.learner import Learner
@@ -33,6 +35,62 @@ HYPERPARAMETERS = ItemPoolingHyperparameters(**EVALUATION_HYPERPARAMETERS)
 HISTORY_EPOCHS = 10
 
 
+class NewItems:
+    """Items launched since the version, ranked from their first events ("fold-in").
+
+    A version knows only the items it trained on, so an item launched after it cannot be
+    recommended until the next one, while the co-occurrence peer ranks it from its first event.
+    Here an unknown item's vector is the mean of the output vectors of the known items its users
+    touched just before it (each user's newest ``window``, counted once per event), and its bias
+    their mean bias: the item stands where its first users came from. A version that knows the
+    item replaces this with what it trained.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.context: dict[str, Counter[str]] = {}
+        self._ranked: tuple[ItemPoolingScorer, list[str], Floats, Floats] | None = None
+
+    def observe(self, item: str, before: Sequence[str], scorer: ItemPoolingScorer) -> None:
+        """``before``: the user's items before this event, oldest first."""
+        if item in scorer.rows:
+            return
+        self.context.setdefault(item, Counter()).update(before[-self.window :])
+        self._ranked = None
+
+    def forget_known(self, scorer: ItemPoolingScorer) -> None:
+        self.context = {item: c for item, c in self.context.items() if item not in scorer.rows}
+        self._ranked = None
+
+    def ranked(self, scorer: ItemPoolingScorer) -> tuple[list[str], Floats, Floats]:
+        """The unknown items with a known context: ids, vectors (items × dim) and biases."""
+        if self._ranked is None or self._ranked[0] is not scorer:
+            weights = scorer.weights
+            ids: list[str] = []
+            vectors: list[Floats] = []
+            biases: list[float] = []
+            for item, context in self.context.items():
+                known = [
+                    (scorer.rows[h], count) for h, count in context.items() if h in scorer.rows
+                ]
+                if not known:
+                    continue
+                rows = np.array([row for row, _ in known])
+                share = np.array([count for _, count in known], dtype=np.float32)
+                share /= share.sum()
+                ids.append(item)
+                vectors.append(share @ weights.item_out[rows])
+                biases.append(float(share @ weights.item_bias[rows]))
+            dim = weights.item_out.shape[1]
+            self._ranked = (
+                scorer,
+                ids,
+                np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
+                np.array(biases, dtype=np.float32),
+            )
+        return self._ranked[1], self._ranked[2], self._ranked[3]
+
+
 class PoolingArm:
     def __init__(
         self,
@@ -40,6 +98,7 @@ class PoolingArm:
         retrain_every: int | None,
         hp: ItemPoolingHyperparameters = HYPERPARAMETERS,
         epochs: int = HISTORY_EPOCHS,
+        rank_new_items: bool = False,
     ) -> None:
         self.hp = hp
         self.epochs = epochs
@@ -49,6 +108,7 @@ class PoolingArm:
         self.recent: dict[str, deque[str]] = {}
         self.scorer: ItemPoolingScorer | None = None
         self.seen = 0
+        self.new_items = NewItems(hp.cooccurrence_window) if rank_new_items else None
 
     def _event(self, interaction: Interaction) -> Event:
         return Event(interaction.user, interaction.item, 1.0, str(interaction.timestamp))
@@ -76,14 +136,26 @@ class PoolingArm:
         scorer = self.scorer
         history = list(reversed(self.recent.get(user, ())))
         rows = scorer.history_rows([history])
-        scores = scorer.scores(scorer.user_vectors(rows), rows)[0]
+        user_vectors = scorer.user_vectors(rows)
+        scores = scorer.scores(user_vectors, rows)[0]
         excluded = [scorer.rows[item] for item in exclude if item in scorer.rows]
         scores[excluded] = -np.inf
+        ids = scorer.weights.item_ids
+        if self.new_items is not None:
+            new_ids, vectors, biases = self.new_items.ranked(scorer)
+            if new_ids:
+                new_scores = vectors @ user_vectors[0] + biases
+                new_scores[[item in exclude for item in new_ids]] = -np.inf
+                scores = np.concatenate([scores, new_scores])
+                ids = [*ids, *new_ids]
         top = np.argpartition(-scores, k)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top])]
-        return [scorer.weights.item_ids[row] for row in top if np.isfinite(scores[row])]
+        return [ids[row] for row in top if np.isfinite(scores[row])]
 
     def observe(self, interaction: Interaction) -> None:
+        if self.new_items is not None and self.scorer is not None:
+            before = self.recent.get(interaction.user, ())
+            self.new_items.observe(interaction.item, list(before), self.scorer)
         if self.fresh_features:
             self._remember(interaction)
         if self.retrain_every is None:
@@ -93,10 +165,15 @@ class PoolingArm:
         if self.seen % self.retrain_every == 0:
             self.learner.train_pending(flush=True)
             self.scorer = ItemPoolingScorer(self.learner.candidate())
+            if self.new_items is not None:
+                self.new_items.forget_known(self.scorer)
 
 
 MODEL_ARMS: dict[str, Callable[[], Recommender]] = {
     "pooling-frozen": lambda: PoolingArm(fresh_features=False, retrain_every=None),
     "pooling-fresh-features": lambda: PoolingArm(fresh_features=True, retrain_every=None),
     "pooling-incremental": lambda: PoolingArm(fresh_features=True, retrain_every=1000),
+    "pooling-incremental-new-items": lambda: PoolingArm(
+        fresh_features=True, retrain_every=1000, rank_new_items=True
+    ),
 }

@@ -1,0 +1,52 @@
+"""Items a version does not know yet, in process (``benchmarks.model_arms.NewItems``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from streamrec_shared.models.item_pooling import ItemPoolingScorer
+
+from benchmarks.model_arms import NewItems
+from tests.unit.test_item_pooling_scorer import make_weights
+
+
+@pytest.fixture
+def scorer() -> ItemPoolingScorer:
+    return ItemPoolingScorer(make_weights())  # knows a, b, c, d, e
+
+
+def test_an_unknown_item_stands_where_its_users_came_from(scorer: ItemPoolingScorer) -> None:
+    new_items = NewItems(window=2)
+    new_items.observe("x", ["e", "a", "b"], scorer)  # window 2: a and b
+    new_items.observe("x", ["a", "z"], scorer)  # z is unknown too: only a counts
+    ids, vectors, biases = new_items.ranked(scorer)
+    weights = scorer.weights
+    a, b = scorer.rows["a"], scorer.rows["b"]
+    assert ids == ["x"]
+    np.testing.assert_allclose(
+        vectors[0], (2 * weights.item_out[a] + weights.item_out[b]) / 3, rtol=1e-6
+    )
+    assert biases[0] == pytest.approx((2 * weights.item_bias[a] + weights.item_bias[b]) / 3)
+
+
+def test_known_items_and_contexts_without_known_items_are_left_out(
+    scorer: ItemPoolingScorer,
+) -> None:
+    new_items = NewItems(window=3)
+    new_items.observe("a", ["b"], scorer)  # the version knows a
+    new_items.observe("y", ["z"], scorer)  # nothing known before y
+    new_items.observe("x", [], scorer)  # a user's first event
+    ids, vectors, biases = new_items.ranked(scorer)
+    assert ids == []
+    assert vectors.shape == (0, 3)
+    assert biases.shape == (0,)
+
+
+def test_a_version_that_knows_the_item_replaces_the_fold_in(scorer: ItemPoolingScorer) -> None:
+    new_items = NewItems(window=1)
+    new_items.observe("x", ["a"], scorer)
+    new_items.observe("y", ["b"], scorer)
+    assert new_items.ranked(scorer)[0] == ["x", "y"]
+    newer = ItemPoolingScorer(make_weights(items=["a", "b", "c", "d", "e", "x"]))
+    new_items.forget_known(newer)
+    assert new_items.ranked(newer)[0] == ["y"]
