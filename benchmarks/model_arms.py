@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,16 +51,25 @@ class NewItems:
         self.context: dict[str, Counter[str]] = {}
         self._ranked: tuple[ItemPoolingScorer, list[str], Floats, Floats] | None = None
 
-    def observe(self, item: str, before: Sequence[str], scorer: ItemPoolingScorer) -> None:
+    def observe(self, item: str, before: Iterable[str], scorer: ItemPoolingScorer) -> None:
         """``before``: the user's items before this event, oldest first."""
         if item in scorer.rows:
             return
-        self.context.setdefault(item, Counter()).update(before[-self.window :])
+        self.context.setdefault(item, Counter()).update(list(before)[-self.window :])
         self._ranked = None
 
     def forget_known(self, scorer: ItemPoolingScorer) -> None:
         self.context = {item: c for item, c in self.context.items() if item not in scorer.rows}
-        self._ranked = None
+
+    def scores(
+        self, scorer: ItemPoolingScorer, user_vector: Floats, exclude: set[str]
+    ) -> tuple[list[str], Floats]:
+        """The unknown items' ids and one user's scores for them (items in ``exclude``: -inf),
+        to rank with the catalogue's."""
+        ids, vectors, biases = self.ranked(scorer)
+        scores = vectors @ user_vector + biases
+        scores[[item in exclude for item in ids]] = -np.inf
+        return ids, scores
 
     def ranked(self, scorer: ItemPoolingScorer) -> tuple[list[str], Floats, Floats]:
         """The unknown items with a known context: ids, vectors (items × dim) and biases."""
@@ -142,12 +151,9 @@ class PoolingArm:
         scores[excluded] = -np.inf
         ids = scorer.weights.item_ids
         if self.new_items is not None:
-            new_ids, vectors, biases = self.new_items.ranked(scorer)
-            if new_ids:
-                new_scores = vectors @ user_vectors[0] + biases
-                new_scores[[item in exclude for item in new_ids]] = -np.inf
-                scores = np.concatenate([scores, new_scores])
-                ids = [*ids, *new_ids]
+            new_ids, new_scores = self.new_items.scores(scorer, user_vectors[0], exclude)
+            scores = np.concatenate([scores, new_scores])
+            ids = [*ids, *new_ids]
         top = np.argpartition(-scores, k)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top])]
         return [ids[row] for row in top if np.isfinite(scores[row])]
@@ -155,7 +161,7 @@ class PoolingArm:
     def observe(self, interaction: Interaction) -> None:
         if self.new_items is not None and self.scorer is not None:
             before = self.recent.get(interaction.user, ())
-            self.new_items.observe(interaction.item, list(before), self.scorer)
+            self.new_items.observe(interaction.item, before, self.scorer)
         if self.fresh_features:
             self._remember(interaction)
         if self.retrain_every is None:

@@ -50,3 +50,18 @@ def test_a_version_that_knows_the_item_replaces_the_fold_in(scorer: ItemPoolingS
     newer = ItemPoolingScorer(make_weights(items=["a", "b", "c", "d", "e", "x"]))
     new_items.forget_known(newer)
     assert new_items.ranked(newer)[0] == ["y"]
+
+
+def test_a_user_scores_the_unknown_items_and_never_those_they_touched(
+    scorer: ItemPoolingScorer,
+) -> None:
+    new_items = NewItems(window=1)
+    new_items.observe("x", ["a"], scorer)
+    new_items.observe("y", ["b"], scorer)
+    user = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    ids, scores = new_items.scores(scorer, user, exclude={"y"})
+    weights = scorer.weights
+    a = scorer.rows["a"]
+    assert ids == ["x", "y"]
+    assert scores[0] == pytest.approx(float(weights.item_out[a] @ user + weights.item_bias[a]))
+    assert scores[1] == -np.inf
