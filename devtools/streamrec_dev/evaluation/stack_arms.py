@@ -84,19 +84,15 @@ from streamrec_dev.servers import (
     stop_all,
 )
 
-# The settings the in-process evaluation found best on ML-100K (README, evaluation section):
-# tied embeddings, small batches, half of each step replayed, each example's history out of its
-# softmax (in process, HR@10 0.212 -> 0.222 and NDCG@10 0.107 -> 0.115 with the last two).
-# The mask reaches the newest 300 items while the model pools only the newest 50: the mask then
-# covers most of what a heavy rater has touched, which serving excludes anyway. In process, three
-# seeds, HR@10: pool and mask 50, 0.2304 / 0.2308 / 0.2296; pool and mask 150 (session 12),
-# 0.2327 / 0.2329 / 0.2312; pool 50, mask 300 (session 13), 0.2328 / 0.2332 / 0.2317 with ~15 %
-# less CPU than 150 (47 against 55 s). ``benchmarks/model_arms.py`` uses the same dictionary,
-# so the in-process and through-the-stack figures are of one model; the stack's inference keeps
-# as many recent items as the model pools. Session 14 raised the learning rate 0.5 -> 0.7 and the
-# item-to-item term's weight 4 -> 6 (the product's default stays 4): in process, three seeds, HR@10
-# ML-100K 0.2328 / 0.2332 / 0.2317 -> 0.2345 / 0.2343 / 0.2344, synthetic (a version every 250
-# events) 0.530 / 0.532 / 0.532 -> 0.544 / 0.546 / 0.546: a drifting stream wants larger steps.
+# The settings the in-process evaluation found best (README, evaluation section, with each
+# change's figures): tied embeddings, small batches, half of each step replayed, each example's
+# history out of its softmax. The mask reaches the newest 300 items while the model pools only
+# the newest 50: serving excludes everything a user touched, so a heavy rater's older items
+# should not be negatives either, but pooling them costs CPU and adds nothing. A learning rate
+# of 0.7 and the item-to-item term at weight 6 (the product's default is 4) suit a drifting
+# stream and cost ML-100K nothing. ``benchmarks/model_arms.py`` uses the same dictionary, so the
+# in-process and through-the-stack figures are of one model; the stack's inference keeps as
+# many recent items as the model pools.
 EVALUATION_HYPERPARAMETERS: dict[str, Any] = {
     "learning_rate": 0.7,
     "cooccurrence_weight": 6.0,
