@@ -8,7 +8,7 @@ through-the-stack arms: same model code, same learner, no Kafka/HTTP in between)
 - ``pooling-incremental``: fresh features and the learner keeps training on the stream, with a
   new version every ``retrain_every`` events (the full product, in process);
 - ``pooling-incremental-new-items``: the same, and items the version does not know yet are
-  ranked from their first events (:class:`NewItems`): a lead for serving, not yet in the stack.
+  ranked from their first events (:class:`NewItems`), as the stack's inference does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from streamrec_dev.evaluation.data import Interaction
 from streamrec_dev.evaluation.protocol import Recommender
 from streamrec_dev.evaluation.stack_arms import EVALUATION_HYPERPARAMETERS
-from streamrec_shared.models.item_pooling import Floats, ItemPoolingScorer
+from streamrec_shared.models.item_pooling import Floats, FoldedItems, ItemPoolingScorer, fold_in
 from streamrec_shared.schemas.events import Interaction as Event
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.learner import Learner
@@ -40,16 +40,16 @@ class NewItems:
 
     A version knows only the items it trained on, so an item launched after it cannot be
     recommended until the next one, while the co-occurrence peer ranks it from its first event.
-    Here an unknown item's vector is the mean of the output vectors of the known items its users
-    touched just before it (each user's newest ``window``, counted once per event), and its bias
-    their mean bias: the item stands where its first users came from. A version that knows the
-    item replaces this with what it trained.
+    Here the contexts (each user's newest ``window`` items before an event on an unknown item)
+    are kept in memory, and :func:`fold_in` places the item from them, as inference does from the
+    contexts the feature updater keeps in Redis. A version that knows the item replaces this with
+    what it trained.
     """
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.context: dict[str, Counter[str]] = {}
-        self._ranked: tuple[ItemPoolingScorer, list[str], Floats, Floats] | None = None
+        self._ranked: tuple[ItemPoolingScorer, FoldedItems] | None = None
 
     def observe(self, item: str, before: Iterable[str], scorer: ItemPoolingScorer) -> None:
         """``before``: the user's items before this event, oldest first."""
@@ -74,30 +74,9 @@ class NewItems:
     def ranked(self, scorer: ItemPoolingScorer) -> tuple[list[str], Floats, Floats]:
         """The unknown items with a known context: ids, vectors (items × dim) and biases."""
         if self._ranked is None or self._ranked[0] is not scorer:
-            weights = scorer.weights
-            ids: list[str] = []
-            vectors: list[Floats] = []
-            biases: list[float] = []
-            for item, context in self.context.items():
-                known = [
-                    (scorer.rows[h], count) for h, count in context.items() if h in scorer.rows
-                ]
-                if not known:
-                    continue
-                rows = np.array([row for row, _ in known])
-                share = np.array([count for _, count in known], dtype=np.float32)
-                share /= share.sum()
-                ids.append(item)
-                vectors.append(share @ weights.item_out[rows])
-                biases.append(float(share @ weights.item_bias[rows]))
-            dim = weights.item_out.shape[1]
-            self._ranked = (
-                scorer,
-                ids,
-                np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
-                np.array(biases, dtype=np.float32),
-            )
-        return self._ranked[1], self._ranked[2], self._ranked[3]
+            self._ranked = (scorer, fold_in(scorer, self.context))
+        folded = self._ranked[1]
+        return folded.item_ids, folded.vectors, folded.biases
 
 
 class PoolingArm:

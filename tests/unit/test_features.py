@@ -227,8 +227,50 @@ async def test_apply_is_atomic_with_its_position(
     features = await store.user_features("u")
     assert features.recent == ["c", "b", "a"]
     assert features.counts == {"click": 3}
+    # New items' contexts too: counted once, though the batch was sent three times.
+    assert await store.item_contexts(["b", "c"]) == {"b": {"a": 1}, "c": {"b": 1, "a": 1}}
     assert await store.positions(TOPIC) == {0: 3}
     assert await store.positions("another-topic") == {}
+
+
+async def test_a_new_items_context_counts_its_users_newest_items_in_its_first_events(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    store = FeatureStore(
+        redis, settings(recent_items=5, new_item_context_items=2, new_item_context_events=2)
+    )
+    stream = Stream()
+    # One batch: u1's items in order, so x's context is u1's newest two before it.
+    await store.apply(stream.batch(*(ev(i, T0 + n, user="u1") for n, i in enumerate("abcx"))))
+    assert await store.item_contexts(["a", "b", "c", "x"]) == {
+        "b": {"a": 1},
+        "c": {"b": 1, "a": 1},
+        "x": {"c": 1, "b": 1},
+    }  # a: u1's first event, nothing before it
+    await store.apply(stream.batch(ev("b", T0 + 10, user="u2"), ev("x", T0 + 11, user="u2")))
+    assert (await store.item_contexts(["x"]))["x"] == {"c": 1, "b": 2}
+    changed = await store.contexts_changed()
+    assert changed > 0
+    # x's third event is past its first two: not counted; nor is a non-positive event.
+    await store.apply(stream.batch(ev("a", T0 + 20, user="u3"), ev("x", T0 + 21, user="u3")))
+    await store.apply(stream.batch(ev("x", T0 + 30, "dislike", user="u4")))
+    assert (await store.item_contexts(["x"]))["x"] == {"c": 1, "b": 2}
+    assert await store.contexts_changed() == changed  # nothing changed: no signal
+    assert await store.newest_items(3) == ["x", "c", "b"]
+    assert 0 < await redis.ttl(store.context_key("x")) <= 86_400
+    # Only an item's first event opens its context: once expired, it is not reopened.
+    await redis.delete(store.context_key("x"))
+    await store.apply(stream.batch(ev("c", T0 + 40, user="u5"), ev("x", T0 + 41, user="u5")))
+    assert await store.item_contexts(["x", "unknown"]) == {}
+
+
+async def test_no_contexts_when_turned_off(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = FeatureStore(redis, settings(new_item_context_items=0))
+    await store.apply(Stream().batch(ev("a", T0), ev("b", T0 + 1)))
+    assert await store.item_contexts(["a", "b"]) == {}
+    assert await redis.keys("t:i:*") == []
+    assert await store.contexts_changed() == 0
+    assert await store.newest_items(10) == ["b", "a"]
 
 
 async def test_a_concurrent_writer_is_detected(store: FeatureStore) -> None:
@@ -291,10 +333,17 @@ async def test_clear_deletes_only_feature_keys(
 ) -> None:
     stream = Stream()
     await store.apply(stream.batch(*(ev("a", T0 + i, user=f"user{i}") for i in range(1500))))
-    others = ["t:items:meta", "t:items:meta:version", "t:dedup:e1", "other:u:x:recent"]
+    others = [
+        "t:items:meta",
+        "t:items:meta:version",
+        "t:dedup:e1",
+        "other:u:x:recent",
+        "other:i:a:context",
+    ]
     for key in others:
         await redis.set(key, "1")
-    assert await store.clear() == 1500 * 4 + 5  # recent, seen, counts, serving
+    # Per user recent, seen, counts, serving; a's context; 7 store-wide keys.
+    assert await store.clear() == 1500 * 4 + 1 + 7
     assert sorted(k.decode() for k in await redis.keys("*")) == sorted(others)
     assert await store.positions(TOPIC) == {}
     # A prefix with glob characters matches only itself.

@@ -12,7 +12,12 @@ from inference.models import ServedModel
 from inference.recommender import MIRROR_REFRESH_S, Recommender
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from streamrec_shared.models.item_pooling import ItemPoolingScorer, ItemPoolingWeights
+from streamrec_shared.models.item_pooling import (
+    FoldedItems,
+    ItemPoolingScorer,
+    ItemPoolingWeights,
+    fold_in,
+)
 
 ITEMS = [f"i{n}" for n in range(6)]
 
@@ -73,8 +78,21 @@ class Holder:
         self.current = model
 
 
+class NewItems:
+    """Items placed against one model object, as ``NewItemVectors`` keeps them."""
+
+    def __init__(self, model: ServedModel, contexts: dict[str, dict[str, int]]) -> None:
+        self.model, self.folded = model, fold_in(model.scorer, contexts)
+
+    def for_model(self, model: ServedModel) -> FoldedItems | None:
+        return self.folded if model is self.model else None
+
+
 def recommender(
-    model: ServedModel | None, features: FakeFeatures, popularity_cache_s: float = 0.0
+    model: ServedModel | None,
+    features: FakeFeatures,
+    popularity_cache_s: float = 0.0,
+    new_items: NewItems | None = None,
 ) -> Recommender:
     catalog = ItemCatalog(redis=None, prefix="t:")  # type: ignore[arg-type]
     return Recommender(
@@ -84,6 +102,7 @@ def recommender(
         0.05,
         CollectorRegistry(),
         popularity_cache_s=popularity_cache_s,
+        new_items=new_items,
     )
 
 
@@ -192,6 +211,36 @@ async def test_unavailable_items_and_tags_are_respected() -> None:
     without_model = recommender(None, features)
     without_model.catalog.items, without_model.catalog.version = chain.catalog.items, 1
     assert (await without_model.recommend("nobody", 6, tag="drama")).items == []
+
+
+async def test_items_the_version_does_not_know_are_ranked_with_the_catalogue() -> None:
+    model = served()
+    features = FakeFeatures()
+    features.users["u"] = Features(recent=["i2"], seen=["i2", "i3"])
+    # n's first users came from i3 (i2's successor): it stands where i3 does; m from i0.
+    new_items = NewItems(model, {"n": {"i3": 3}, "m": {"i0": 1}})
+    chain = recommender(model, features, new_items=new_items)
+    result = await chain.recommend("u", 2)
+    assert [i for i, _ in result.items] == ["n", "i5"]  # i3 seen; i5 by its bias
+    assert result.items[0][1] == pytest.approx(1.0)
+    assert ("m", 0.0) in (await chain.recommend("u", 8)).items  # level with i0, i1, i4
+    # Exclusions, availability and tags hold for them too.
+    features.users["v"] = Features(recent=["i2"], seen=["i2", "i3", "n"])
+    assert "n" not in [i for i, _ in (await chain.recommend("v", 8)).items]
+    assert "n" not in [i for i, _ in (await chain.recommend("u", 8, exclude=["n"])).items]
+    chain.catalog.items = {
+        "n": ItemIn(item_id="n", available=False),
+        "m": ItemIn(item_id="m", tags=["drama"]),
+    }
+    chain.catalog.version = 1
+    assert "n" not in [i for i, _ in (await chain.recommend("u", 8)).items]
+    assert [i for i, _ in (await chain.recommend("u", 8, tag="drama")).items] == ["m"]
+    # A user without history scores them with the prior's vector: m's bias (i0's, 0).
+    prior = await chain.recommend("nobody", 8)
+    assert ("m", 0.0) in prior.items
+    # A table built against another version is not used with this one.
+    other = recommender(served(version=2), features, new_items=new_items)
+    assert {"n", "m"}.isdisjoint(i for i, _ in (await other.recommend("u", 8)).items)
 
 
 def test_similar_items_by_embedding() -> None:

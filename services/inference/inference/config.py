@@ -58,6 +58,33 @@ class InferenceSettings(BaseSettings):
     max_seen_items: int = Field(default=1000, ge=1, le=100_000)
     popularity_half_life_s: float = Field(default=86_400.0, gt=0)
     trending_half_life_s: float = Field(default=3_600.0, gt=0)
+    # New items: the feature updater keeps each one's context, inference places the items its
+    # version does not know from it (``inference.new_items``).
+    new_item_context_items: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description=(
+            "A new item's context counts each of its users' newest this many items before it"
+            " (0: no contexts kept, new items wait for a version that knows them)."
+        ),
+    )
+    new_item_context_events: int = Field(
+        default=10, ge=1, le=1000, description="Events of a new item that count, its first ones."
+    )
+    new_item_context_ttl_s: int = Field(
+        default=86_400, ge=60, description="A new item's context expires this long after its start."
+    )
+    rank_new_items: bool = Field(
+        default=True,
+        description="Rank items the served version does not know from their contexts.",
+    )
+    new_items_max: int = Field(
+        default=1000, ge=1, le=100_000, description="The newest items considered for that."
+    )
+    new_items_refresh_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often their vectors are recomputed."
+    )
     # One fetch is one Redis transaction: ~1,000 events hold Redis ~10 ms (serving reads have
     # a 20 ms budget); 5,000 held it ~50 ms.
     features_fetch_max_records: int = Field(default=1000, ge=1, le=100_000)

@@ -10,6 +10,12 @@ Schema (``p`` is ``RedisSettings.key_prefix``):
 | ``{p}u:{user}:counts`` | HASH | event type → count, every known type (negatives too) |
 | ``{p}u:{user}:serving`` | STRING | ``recent`` and ``seen`` as the serving read wants them: each |
 | | | list joined by NUL, the two joined by SOH (``\\x01``); rewritten with them |
+| ``{p}items:first_seen`` | ZSET | item → its first positive event time (ms), every item |
+| ``{p}i:{item}:context`` | HASH | a new item's context: item → how often it was among a user's |
+| | | newest ``new_item_context_items`` before one of the item's first |
+| | | ``new_item_context_events`` events; field ``""`` counts those events; |
+| | | created at the item's first event, expires ``new_item_context_ttl_s`` later |
+| ``{p}features:contexts`` | STRING | bumped by every batch that changed a context |
 | ``{p}items:popularity`` | ZSET | forward-decayed weighted count, ``popularity_half_life_s`` |
 | ``{p}items:trending`` | ZSET | the same with ``trending_half_life_s`` (short-term activity) |
 | ``{p}features:landmark`` | STRING | landmark of the forward decay (event time, ms) |
@@ -41,6 +47,14 @@ second try) if the landmark is not that one. (Redis does not roll back a script 
 half-way, e.g. on a foreign key of the wrong type under our names; nothing else writes these
 keys.)
 
+**New items.** A model version cannot rank an item launched after it; inference places such an
+item from its context (``NewItemVectors``, ``fold_in``) until a version trains it. Only an item's
+first few events are counted (10 by default: on the synthetic drift stream in process, counting
+its first 3, 10 or all events scores the same), and the hash expires, so the keys stay few. The
+context is written in the same script as the rest of the batch, so it is exactly-once too.
+The keys are additive (no migration): an item first seen by an older version gets its
+``first_seen`` at its next event, and a context it does not need.
+
 Non-positive events (``remove_from_cart``, ``dislike``) only bump ``counts``; they never enter
 ``recent``, ``seen`` or the item scores (as in training). Types this version does not know are
 skipped.
@@ -49,7 +63,6 @@ skipped.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 from collections import Counter
@@ -114,13 +127,15 @@ end
 # writes themselves. The user keys are not declared in KEYS (a standalone Redis, as for ingest's
 # dedup keys).
 #
-# KEYS: offsets, landmark, clock, popularity, trending.
+# KEYS: offsets, landmark, clock, popularity, trending, first_seen, contexts (the change counter).
 # ARGV: [1] the landmark the scores were computed against ('' for none yet), [2] the landmark to
 # store ('' to keep it), [3] [4] the weights that rescale popularity and trending to the new
 # landmark ('' for no rescale), [5] the pruning bound after a rescale, [6] the newest positive
-# event time ('' if none); then n, n × (offsets field, first offset, next offset); then m,
-# m × (item, long increment, short increment); then prefix, recent_items, max_seen_items and per
-# user: user, n, n items (oldest first), m, m × (item, event ms), c, c × (event type, count).
+# event time ('' if none); then n, n × (offsets field, first offset, next offset); then prefix,
+# recent_items, max_seen_items, new_item_context_items, new_item_context_events (0: no
+# contexts), new_item_context_ttl_s; then m, m × (item, long increment, short increment, first
+# event ms); then per user: user, n, n items (oldest first), m, m × (item, event ms), c,
+# c × (event type, count).
 # Reply: {'ok'}, {'conflict', {field, stored, ...}} or {'landmark', stored landmark}.
 _APPLY_BATCH = (
     _SERVING_LUA
@@ -147,20 +162,30 @@ if ARGV[3] ~= '' then
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
 i = partitions + 3 * n
+local prefix, keep_recent, keep_seen = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local context_items, context_events = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+local context_ttl = ARGV[i + 5]
+local contexts_changed = false
+i = i + 6
 n = tonumber(ARGV[i])
 i = i + 1
-for j = i, i + 3 * n - 1, 3 do
+for j = i, i + 4 * n - 1, 4 do
   for k = 1, 2 do
     if ARGV[j + k] ~= '0.0' then redis.call('ZINCRBY', KEYS[3 + k], ARGV[j + k], ARGV[j]) end
   end
+  -- NX: the first time this store sees the item, and only then, opens its context
+  if redis.call('ZADD', KEYS[6], 'NX', ARGV[j + 3], ARGV[j]) == 1 and context_events > 0 then
+    local context = prefix .. 'i:' .. ARGV[j] .. ':context'
+    redis.call('HSET', context, '', 0)
+    redis.call('EXPIRE', context, context_ttl)
+    contexts_changed = true
+  end
 end
-i = i + 3 * n
+i = i + 4 * n
 if ARGV[6] ~= '' then
   local clock = redis.call('GET', KEYS[3])
   if not clock or tonumber(ARGV[6]) > tonumber(clock) then redis.call('SET', KEYS[3], ARGV[6]) end
 end
-local prefix, keep_recent, keep_seen = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-i = i + 3
 while i <= #ARGV do
   local base = prefix .. 'u:' .. ARGV[i] .. ':'
   n = tonumber(ARGV[i + 1])
@@ -168,7 +193,20 @@ while i <= #ARGV do
   local changed = n > 0
   if n > 0 then
     local key = base .. 'recent'
-    for j = i, i + n - 1 do redis.call('LPUSH', key, ARGV[j]) end
+    for j = i, i + n - 1 do
+      if context_events > 0 then
+        -- an open context, within the item's first events: count the user's newest items
+        local context = prefix .. 'i:' .. ARGV[j] .. ':context'
+        if redis.call('EXISTS', context) == 1
+            and redis.call('HINCRBY', context, '', 1) <= context_events then
+          for _, before in ipairs(redis.call('LRANGE', key, 0, context_items - 1)) do
+            redis.call('HINCRBY', context, before, 1)
+            contexts_changed = true
+          end
+        end
+      end
+      redis.call('LPUSH', key, ARGV[j])
+    end
     redis.call('LTRIM', key, 0, keep_recent - 1)
   end
   i = i + n
@@ -192,6 +230,7 @@ end
 for j = partitions, partitions + 3 * tonumber(ARGV[7]) - 1, 3 do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2])
 end
+if contexts_changed then redis.call('INCR', KEYS[7]) end
 return {'ok'}
 """
 )
@@ -310,6 +349,11 @@ class FeatureStore:
         self.short_half_life_ms = settings.trending_half_life_s * 1000.0
         self.popularity_key = f"{p}items:popularity"
         self.trending_key = f"{p}items:trending"
+        self.first_seen_key = f"{p}items:first_seen"
+        self.contexts_key = f"{p}features:contexts"
+        self.context_items = settings.new_item_context_items
+        self.context_events = settings.new_item_context_events
+        self.context_ttl_s = settings.new_item_context_ttl_s
         self.landmark_key = f"{p}features:landmark"
         self.clock_key = f"{p}features:clock"
         self.offsets_key = f"{p}features:offsets"
@@ -322,6 +366,9 @@ class FeatureStore:
 
     def user_key(self, user_id: str, kind: str) -> str:
         return f"{self.prefix}u:{user_id}:{kind}"
+
+    def context_key(self, item_id: str) -> str:
+        return f"{self.prefix}i:{item_id}:context"
 
     # --- writes --------------------------------------------------------------------------
 
@@ -346,12 +393,29 @@ class FeatureStore:
             self.clock_key,
             self.popularity_key,
             self.trending_key,
+            self.first_seen_key,
+            self.contexts_key,
+        ]
+        settings: list[str | int] = [
+            self.prefix,
+            self.recent_items,
+            self.max_seen_items,
+            self.context_items,
+            self.context_events if self.context_items > 0 else 0,
+            self.context_ttl_s,
         ]
         for _ in range(MAX_LANDMARK_ATTEMPTS):
             landmark = self._landmark
             head, moved_to = self._decay_args(landmark, newest)
             item_args = self._item_args(positives, moved_to if moved_to is not None else landmark)
-            args = [*head, "" if newest is None else newest, *tail, *item_args, *user_args]
+            args = [
+                *head,
+                "" if newest is None else newest,
+                *tail,
+                *settings,
+                *item_args,
+                *user_args,
+            ]
             reply = await self._apply_batch(keys=keys, args=args)
             outcome = _text(reply[0])
             if outcome == "ok":
@@ -394,22 +458,26 @@ class FeatureStore:
     def _item_args(
         self, positives: Sequence[FeatureEvent], landmark: int | None
     ) -> list[str | int]:
-        """m, then m × (item, long increment, short increment) against ``landmark``."""
+        """m, then m × (item, long increment, short increment, first event ms) against
+        ``landmark`` (an increment of events far older than the landmark is 0.0: not added)."""
         if landmark is None:
             return [0]
         scores: dict[str, list[float]] = {}
+        first: dict[str, int] = {}
         for e in positives:
             age = e.event_ms - landmark
             pair = scores.setdefault(e.item_id, [0.0, 0.0])
             pair[0] += e.weight * math.exp2(age / self.long_half_life_ms)
             pair[1] += e.weight * math.exp2(age / self.short_half_life_ms)
-        # Events far older than the landmark add nothing.
-        kept = [(i, repr(lo), repr(sh)) for i, (lo, sh) in scores.items() if lo > 0 or sh > 0]
-        return [len(kept), *itertools.chain.from_iterable(kept)]
+            first[e.item_id] = min(first.get(e.item_id, e.event_ms), e.event_ms)
+        args: list[str | int] = [len(scores)]
+        for item, (long, short) in scores.items():
+            args += (item, repr(long), repr(short), first[item])
+        return args
 
     def _user_args(self, events: Sequence[FeatureEvent]) -> list[str | int]:
         """The per-user updates of a batch: the users part of ``_APPLY_BATCH``'s arguments."""
-        args: list[str | int] = [self.prefix, self.recent_items, self.max_seen_items]
+        args: list[str | int] = []
         recent: dict[str, list[str]] = {}
         seen: dict[str, dict[str, int]] = {}
         counts: dict[str, Counter[str]] = {}
@@ -442,16 +510,20 @@ class FeatureStore:
             self.clock_key,
             self.offsets_key,
             self.schema_key,
+            self.first_seen_key,
+            self.contexts_key,
         ]
         deleted += int(await self.redis.unlink(*exact))
-        batch: list[bytes | str] = []
-        async for key in self.redis.scan_iter(match=f"{_glob_escape(self.prefix)}u:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
+        for kind in ("u", "i"):  # users' keys, new items' contexts
+            batch: list[bytes | str] = []
+            pattern = f"{_glob_escape(self.prefix)}{kind}:*"
+            async for key in self.redis.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += int(await self.redis.unlink(*batch))
+                    batch = []
+            if batch:
                 deleted += int(await self.redis.unlink(*batch))
-                batch = []
-        if batch:
-            deleted += int(await self.redis.unlink(*batch))
         return deleted
 
     async def migrate(self) -> int:
@@ -503,6 +575,31 @@ class FeatureStore:
         CPU per user is a fifth to a tenth of a read script's that joins the lists each time."""
         replies = await self.redis.mget([self.user_key(user, "serving") for user in user_ids])
         return [_serving(raw) for raw in replies]
+
+    async def contexts_changed(self) -> int:
+        """A counter that moves whenever a batch changed a new item's context."""
+        return int(await self.redis.get(self.contexts_key) or 0)
+
+    async def newest_items(self, limit: int) -> list[str]:
+        """The ``limit`` items first seen last, newest first."""
+        items = await self.redis.zrevrange(self.first_seen_key, 0, limit - 1)
+        return [_text(item) for item in items]  # type: ignore[arg-type]  # without scores
+
+    async def item_contexts(self, items: Sequence[str]) -> dict[str, dict[str, int]]:
+        """The open contexts of ``items`` (one round trip): item → {item before it: count}.
+        Items without one (expired, or never opened) are left out."""
+        if not items:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.hgetall(self.context_key(item))
+            replies = await pipe.execute()
+        contexts: dict[str, dict[str, int]] = {}
+        for item, stored in zip(items, replies, strict=True):
+            context = {_text(k): int(v) for k, v in stored.items() if _text(k)}
+            if context:
+                contexts[item] = context
+        return contexts
 
     async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
         """Top ``k`` by decayed popularity (weighted events, decayed to the newest event time)."""

@@ -1,9 +1,10 @@
 """The inference app factory: ``uvicorn --factory inference.main:create_app``.
 
 The lifespan owns Redis, the HTTP client to the registry, the served model (and its follower
-on the control topic), the item catalogue, the feature updater (unless it runs in its own
-process), and stream inference. Readiness never depends on Redis: without it the service still
-answers from its fallbacks, and pulling pods then would turn a degraded answer into none.
+on the control topic), the vectors of items it does not know yet, the item catalogue, the
+feature updater (unless it runs in its own process), and stream inference. Readiness never
+depends on Redis: without it the service still answers from its fallbacks, and pulling pods
+then would turn a degraded answer into none.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from inference.catalog import ItemCatalog
 from inference.config import InferenceSettings
 from inference.features import CoalescedUserReads, FeatureStore
 from inference.models import ModelHolder, ModelMetrics
+from inference.new_items import NewItemVectors
 from inference.recommender import Recommender
 from inference.state import InferenceState
 from inference.stream import StreamInference
@@ -39,8 +41,10 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         await producer.start(wait_s=2)
         http = httpx.AsyncClient(base_url=settings.trainer_url, timeout=10)
         holder = ModelHolder(settings, http, ModelMetrics(registry))
-        features = CoalescedUserReads(
-            FeatureStore(redis, settings), registry, settings.feature_timeout_s
+        store = FeatureStore(redis, settings)
+        features = CoalescedUserReads(store, registry, settings.feature_timeout_s)
+        new_items = NewItemVectors(
+            store, holder, registry, settings.new_items_max, settings.new_items_refresh_s
         )
         catalog = ItemCatalog(redis, settings.redis.key_prefix)
         recommender = Recommender(
@@ -50,12 +54,15 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             settings.feature_timeout_s,
             registry,
             popularity_cache_s=settings.popularity_cache_s,
+            new_items=new_items if settings.rank_new_items else None,
         )
         updater = FeatureUpdater(settings, redis, producer, registry)
         stream = StreamInference(settings, recommender, producer)
         await catalog.start()
         await holder.start()
         await recommender.start()
+        if settings.rank_new_items:
+            new_items.start()
         if settings.run_feature_updater:
             await updater.start()
         await stream.start()
@@ -67,6 +74,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             if settings.run_feature_updater:
                 await updater.stop()
             await recommender.stop()
+            await new_items.stop()
             await features.stop()
             await holder.stop()
             await catalog.stop()

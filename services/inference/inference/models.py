@@ -77,7 +77,14 @@ class ServedModel:
         return self.scorer.weights.history_length
 
     def scores(self, recent: Sequence[str]) -> npt.NDArray[np.float32]:
-        """One user's scores over the catalogue, from their recent items (newest first).
+        """One user's scores over the catalogue, from their recent items (newest first)."""
+        return self.user_scores(recent)[0]
+
+    def user_scores(
+        self, recent: Sequence[str]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One user's scores over the catalogue (a copy, for the caller to mask) and their
+        vector (for items the version does not know), from their recent items (newest first).
 
         The same model as ``ItemPoolingScorer.user_vectors`` + ``scores`` with the history
         (tested against them), specialised for one user: the batch form pads, masks and
@@ -88,14 +95,16 @@ class ServedModel:
         get = self.scorer.rows.get
         rows = [row for row in map(get, recent[: self.history_length]) if row is not None]
         if not rows:
-            return self.prior.copy()  # callers mask their copy
+            return self.prior.copy(), weights.projection_bias
         pooled = self.attention[len(rows), : len(rows)] @ weights.item_in[rows]
-        user = pooled @ weights.projection + weights.projection_bias
+        user = (pooled @ weights.projection + weights.projection_bias).astype(
+            np.float32, copy=False
+        )
         scores: npt.NDArray[np.float32] = (weights.item_out @ user + weights.item_bias).astype(
             np.float32, copy=False
         )
         self.scorer.add_neighbor_term(scores, rows)
-        return scores
+        return scores, user
 
 
 def _prepare(folder: Path, spec_id: str, version: int, digest: str) -> ServedModel:

@@ -1,6 +1,7 @@
 """Top-K for a user: fresh features + the served model, with a fallback chain that never 500s.
 
-1. model and the user's recent items from Redis → personalised scores (seen items excluded);
+1. model and the user's recent items from Redis → personalised scores (seen items excluded),
+   items launched since the version ranked with the catalogue (``inference.new_items``);
 2. model and a user with no history → the model's prior (its scores for an empty history,
    ``model_prior``): learned from what users pick first, it beats popularity for them (ML-100K
    through the stack, users' first events: HR@10 0.325 from popularity, 0.580 from the prior),
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
+from streamrec_shared.models.item_pooling import FoldedItems
 from streamrec_shared.ranking import top_k
 from streamrec_shared.tasks import BackgroundTask
 
@@ -53,6 +56,11 @@ class FeatureSource(Protocol):
     async def trending(self, k: int, exclude: set[str]) -> list[tuple[str, float]]: ...
 
 
+class NewItemSource(Protocol):
+    def for_model(self, model: ServedModel) -> FoldedItems | None:
+        """Items ``model`` does not know, placed against it (``NewItemVectors``)."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     items: list[tuple[str, float]]
@@ -70,8 +78,10 @@ class Recommender:
         feature_timeout_s: float,
         registry: CollectorRegistry,
         popularity_cache_s: float = 0.0,
+        new_items: NewItemSource | None = None,
     ) -> None:
         self.holder = holder
+        self.new_items = new_items
         self.features = features
         self.catalog = catalog
         self.feature_timeout_s = feature_timeout_s
@@ -198,22 +208,28 @@ class Recommender:
         tag: str | None,
         k: int,
     ) -> list[tuple[str, float]]:
-        scores = model.scores(recent)
+        scores, user_vector = model.user_scores(recent)
         unavailable = self.catalog.unavailable_rows(model)
         if len(unavailable):
             scores[unavailable] = -np.inf
         if tag is not None:
             scores[self.catalog.tag_mask(model, tag)] = -np.inf
-        if excluded:
-            # A seen set has hundreds of items: fromiter over map runs the lookups in C (-1 for
-            # an item the model does not know), a Python loop over them cost ~5 % of a request.
-            lookup = map(model.scorer.rows.get, excluded, itertools.repeat(-1))
-            rows = np.fromiter(lookup, dtype=np.intp, count=len(excluded))
-            scores[rows[rows >= 0]] = -np.inf
-        top = top_k(scores, k)
+        _exclude(scores, model.scorer.rows, excluded)
         ids = model.scorer.weights.item_ids
+        known = len(ids)
+        new_ids: list[str] = []
+        new = self.new_items.for_model(model) if self.new_items is not None else None
+        if new is not None and new.item_ids:
+            # Items launched since the version, ranked with the catalogue as rows after it.
+            new_scores = new.scores(user_vector)
+            allowed = map(self.catalog.allowed, new.item_ids, itertools.repeat(tag))
+            new_scores[~np.fromiter(allowed, dtype=np.bool_, count=len(new.item_ids))] = -np.inf
+            _exclude(new_scores, new.rows, excluded)
+            scores = np.concatenate([scores, new_scores])
+            new_ids = new.item_ids
+        top = top_k(scores, k)
         return [
-            (ids[row], score)
+            (ids[row] if row < known else new_ids[row - known], score)
             for row, score in zip(top.tolist(), scores[top].tolist(), strict=True)
             if math.isfinite(score)
         ]
@@ -231,3 +247,15 @@ class Recommender:
         top = top_k(similarity, k)
         ids = model.scorer.weights.item_ids
         return [(ids[r], float(similarity[r])) for r in top if np.isfinite(similarity[r])]
+
+
+def _exclude(
+    scores: npt.NDArray[np.float32], rows: dict[str, int], excluded: Collection[str]
+) -> None:
+    """Set the scores of the ``excluded`` items among ``rows`` to -inf, in place."""
+    if excluded:
+        # A seen set has hundreds of items: fromiter over map runs the lookups in C (-1 for an
+        # item not in ``rows``), a Python loop over them cost ~5 % of a request.
+        lookup = map(rows.get, excluded, itertools.repeat(-1))
+        found = np.fromiter(lookup, dtype=np.intp, count=len(excluded))
+        scores[found[found >= 0]] = -np.inf

@@ -13,6 +13,9 @@ over pairs within users' last ``cooccurrence_window`` items) and the score gets
 newest items. It reacts to an item the stream just made popular in one version, where the
 embeddings need many steps; format 1 artifacts (no such arrays) score as before.
 
+Items a version does not know (launched after it) are placed by :func:`fold_in` from the items
+their first users touched just before them, until a version trains them.
+
 Format 3 weighs the k-th newest of those items ``cooccurrence_decay^k`` in the sum (one-off runs
 of ``benchmarks/model_arms.PoolingArm`` on ML-100K, decay 0.8 against 1.0: HR@10 +0.001 to
 +0.003 over three seeds); format 2 artifacts have no decay (1.0) and score as before.
@@ -20,7 +23,7 @@ of ``benchmarks/model_arms.PoolingArm`` on ML-100K, decay 0.8 against 1.0: HR@10
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,3 +246,54 @@ class ItemPoolingScorer:
             for user, rows in enumerate(history_rows):
                 self.add_neighbor_term(scores[user], rows[rows >= 0])
         return scores
+
+
+@dataclass(frozen=True)
+class FoldedItems:
+    """Items a version does not know, placed in its output space (:func:`fold_in`)."""
+
+    item_ids: list[str]
+    vectors: Floats  # items × dim, like ``item_out``
+    biases: Floats
+    rows: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", {item: row for row, item in enumerate(self.item_ids)})
+
+    def scores(self, user_vector: Floats) -> Floats:
+        """One user's scores for these items (the model's dot product and bias, no term)."""
+        return (self.vectors @ user_vector + self.biases).astype(np.float32, copy=False)
+
+
+def fold_in(scorer: ItemPoolingScorer, contexts: Mapping[str, Mapping[str, int]]) -> FoldedItems:
+    """Place items the version does not know from their contexts ("fold-in").
+
+    ``contexts`` maps an item to counts of the items its users touched just before it (each
+    user's newest few, per event). The item gets the count-weighted mean output vector and bias
+    of the known ones among them: it stands where its first users came from. A version cannot
+    rank an item it has not trained on; the synthetic drift stream, a version every 250 events,
+    in process: HR@10 0.544 → 0.597 with this (``benchmarks/model_arms.NewItems``). Items the
+    version knows, and contexts with no known item, are left out.
+    """
+    weights = scorer.weights
+    ids: list[str] = []
+    vectors: list[Floats] = []
+    biases: list[float] = []
+    for item, context in contexts.items():
+        if item in scorer.rows:
+            continue
+        known = [(scorer.rows[h], n) for h, n in context.items() if h in scorer.rows and n > 0]
+        if not known:
+            continue
+        rows = np.array([row for row, _ in known], dtype=np.int64)
+        share = np.array([count for _, count in known], dtype=np.float32)
+        share /= share.sum()
+        ids.append(item)
+        vectors.append(share @ weights.item_out[rows])
+        biases.append(float(share @ weights.item_bias[rows]))
+    dim = weights.item_out.shape[1]
+    return FoldedItems(
+        ids,
+        np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
+        np.array(biases, dtype=np.float32),
+    )

@@ -1,0 +1,94 @@
+"""Inference's vectors for items the served version does not know (on fakeredis with Lua)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import fakeredis
+import numpy as np
+import pytest
+from inference.features import FeatureStore
+from inference.models import ServedModel
+from inference.new_items import NewItemVectors
+from prometheus_client import CollectorRegistry
+from streamrec_shared.models.item_pooling import ItemPoolingScorer
+
+from tests.unit.test_features import T0, Stream, ev, settings
+from tests.unit.test_recommender import served
+
+
+class Holder:
+    def __init__(self, model: ServedModel | None) -> None:
+        self.current = model
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[FeatureStore]:
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    yield FeatureStore(redis, settings(recent_items=5))
+    await redis.aclose()
+
+
+def knowing(model: ServedModel, *items: str) -> ServedModel:
+    """The same model as a newer version that also knows ``items``."""
+    weights = model.scorer.weights
+    extra = len(items)
+    grown = type(weights)(
+        item_ids=[*weights.item_ids, *items],
+        item_in=np.vstack([weights.item_in, np.zeros((extra, weights.item_in.shape[1]))]),
+        item_out=np.vstack([weights.item_out, np.zeros((extra, weights.item_out.shape[1]))]),
+        item_bias=np.concatenate([weights.item_bias, np.zeros(extra)]).astype(np.float32),
+        position_logits=weights.position_logits,
+        projection=weights.projection,
+        projection_bias=weights.projection_bias,
+    )
+    return ServedModel(
+        "spec", model.version + 1, "1" * 64, ItemPoolingScorer(grown), grown.item_out, 0.0
+    )
+
+
+async def test_the_table_follows_the_contexts_and_the_served_version(store: FeatureStore) -> None:
+    model = served()
+    holder = Holder(model)
+    registry = CollectorRegistry()
+    vectors = NewItemVectors(store, holder, registry, max_items=10, refresh_s=1.0)
+    assert await vectors.refresh()
+    assert vectors.for_model(model).item_ids == []  # type: ignore[union-attr]
+    stream = Stream()
+    await store.apply(stream.batch(ev("i2", T0, user="a"), ev("n", T0 + 1, user="a")))
+    assert await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    assert folded.item_ids == ["n"]
+    np.testing.assert_array_equal(folded.vectors[0], model.scorer.weights.item_out[2])
+    assert registry.get_sample_value("inference_new_items_ranked") == 1
+    assert not await vectors.refresh()  # nothing moved: nothing rebuilt
+    # Another user arrives at n from i3: n moves half way there.
+    await store.apply(stream.batch(ev("i3", T0 + 2, user="b"), ev("n", T0 + 3, user="b")))
+    assert await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    out = model.scorer.weights.item_out
+    np.testing.assert_allclose(folded.vectors[0], (out[2] + out[3]) / 2)
+    # A version that knows n: the old table is not used with it, the new one leaves n out.
+    holder.current = newer = knowing(model, "n")
+    assert vectors.for_model(newer) is None
+    assert await vectors.refresh()
+    assert vectors.for_model(model) is None
+    assert vectors.for_model(newer).item_ids == []  # type: ignore[union-attr]
+    holder.current = None
+    assert await vectors.refresh()
+    assert vectors.for_model(newer) is None
+
+
+async def test_only_the_newest_items_are_considered(store: FeatureStore) -> None:
+    model = served()
+    vectors = NewItemVectors(store, Holder(model), CollectorRegistry(), max_items=2, refresh_s=1.0)
+    stream = Stream()
+    events = [ev("i1", T0, user="a")]
+    events += [ev(f"n{k}", T0 + 1 + k, user="a") for k in range(3)]
+    await store.apply(stream.batch(*events))
+    await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    assert sorted(folded.item_ids) == ["n1", "n2"]
