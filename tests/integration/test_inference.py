@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,11 +14,12 @@ from inference.config import InferenceSettings
 from inference.main import create_app
 from streamrec_dev.servers import RedisServer, ServiceServer, free_port
 from streamrec_shared.kafka import ResilientProducer
+from streamrec_shared.schemas.events import EventIn, EventType
 from streamrec_shared.settings import KafkaSettings, RedisSettings, TopicSettings
 
 from tests.support.apps import serve
 from tests.support.kafka import read_topic
-from tests.support.streams import chain_events, produce
+from tests.support.streams import START, chain_events, produce
 from tests.support.trainer import SMALL_SPEC, poll, publish_batch, trainer_server
 
 pytestmark = pytest.mark.integration
@@ -195,6 +197,38 @@ async def test_hot_swap_under_load_fails_no_request_and_new_items_become_recomme
         body = await poll(inference, "/v1/recommendations?user_id=newbie0",
                           lambda b: b["fallback"] is None)  # fmt: skip
         assert body["items"][0]["item_id"].startswith("n")
+
+
+async def test_items_launched_after_the_version_are_recommended_before_the_next_one(
+    trainer: httpx.AsyncClient, settings: InferenceSettings, kafka_settings: KafkaSettings
+) -> None:
+    topics = settings.topics
+    await produce(kafka_settings, topics.events, chain_events(40, 25, 30))
+    version = await publish_batch(trainer, "chain")
+    async with serve(create_app(settings)) as inference:
+        await poll(inference, "/v1/model", lambda m: m["version"] == version)
+        # An item the version has never seen: its first users come to it from i5.
+        launch = START + timedelta(days=1)
+        events = []
+        for user in range(5):
+            for step, item in enumerate(("i5", "new1")):
+                at = launch + timedelta(seconds=10 * user + step)
+                events.append(EventIn(user_id=f"launch{user}", item_id=item,
+                                      type=EventType.CLICK, timestamp=at))  # fmt: skip
+        # A user one step before i5 on the chain: the model sends them near i5, and new1 with
+        # it (4th of 30 in a run, after i6, i5 and i7, which also have the counted term).
+        events.append(EventIn(user_id="probe", item_id="i4", type=EventType.CLICK,
+                              timestamp=launch + timedelta(minutes=5)))  # fmt: skip
+        await produce(kafka_settings, topics.events, events)
+        body = await poll(inference, "/v1/recommendations?user_id=probe&k=5",
+                          lambda b: "new1" in [i["item_id"] for i in b["items"]])  # fmt: skip
+        assert body["model_version"] == version  # no new version: the same one ranks it
+        assert body["fallback"] is None
+        record = await trainer.get("/v1/specs/chain/versions/latest")
+        assert record.json()["version"] == version
+        # A user who touched it is never offered it again.
+        launched = await recommend(inference, "launch0", k=30)
+        assert "new1" not in [i["item_id"] for i in launched["items"]]
 
 
 async def test_redis_stopped_mid_load_degrades_then_recovers(
