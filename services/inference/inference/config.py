@@ -83,7 +83,10 @@ class InferenceSettings(BaseSettings):
         default=1000, ge=1, le=100_000, description="The newest items considered for that."
     )
     new_items_refresh_s: float = Field(
-        default=0.5, gt=0, le=60, description="How often their vectors are recomputed."
+        default=0.1,
+        gt=0,
+        le=60,
+        description="How often a change of the contexts is looked for (one GET).",
     )
     # One fetch is one Redis transaction: ~1,000 events hold Redis ~10 ms (serving reads have
     # a 20 ms budget); 5,000 held it ~50 ms.
