@@ -235,6 +235,9 @@ async def test_items_the_version_does_not_know_are_ranked_with_the_catalogue() -
     chain.catalog.version = 1
     assert "n" not in [i for i, _ in (await chain.recommend("u", 8)).items]
     assert [i for i, _ in (await chain.recommend("u", 8, tag="drama")).items] == ["m"]
+    # A new table (the contexts moved: the same items, other vectors) is filtered afresh.
+    chain.new_items = NewItems(model, {"n": {"i0": 1}, "m": {"i3": 1}})
+    assert [i for i, _ in (await chain.recommend("u", 1, tag="drama")).items] == ["m"]
     # A user without history scores them with the prior's vector: m's bias (i0's, 0).
     prior = await chain.recommend("nobody", 8)
     assert ("m", 0.0) in prior.items

@@ -82,6 +82,9 @@ class Recommender:
     ) -> None:
         self.holder = holder
         self.new_items = new_items
+        self._new_filtered: (
+            tuple[tuple[FoldedItems, int, str | None], npt.NDArray[np.intp]] | None
+        ) = None
         self.features = features
         self.catalog = catalog
         self.feature_timeout_s = feature_timeout_s
@@ -222,8 +225,9 @@ class Recommender:
         if new is not None and new.item_ids:
             # Items launched since the version, ranked with the catalogue as rows after it.
             new_scores = new.scores(user_vector)
-            allowed = map(self.catalog.allowed, new.item_ids, itertools.repeat(tag))
-            new_scores[~np.fromiter(allowed, dtype=np.bool_, count=len(new.item_ids))] = -np.inf
+            filtered = self._filtered_new_rows(new, tag)
+            if len(filtered):
+                new_scores[filtered] = -np.inf
             _exclude(new_scores, new.rows, excluded)
             scores = np.concatenate([scores, new_scores])
             new_ids = new.item_ids
@@ -233,6 +237,17 @@ class Recommender:
             for row, score in zip(top.tolist(), scores[top].tolist(), strict=True)
             if math.isfinite(score)
         ]
+
+    def _filtered_new_rows(self, new: FoldedItems, tag: str | None) -> npt.NDArray[np.intp]:
+        """The rows of ``new`` that are unavailable or lack ``tag``; kept for the next request
+        with the same table, catalogue version and tag (a Python call per item otherwise)."""
+        key = (new, self.catalog.version, tag)
+        cached = self._new_filtered
+        if cached is None or cached[0] != key:
+            allowed = map(self.catalog.allowed, new.item_ids, itertools.repeat(tag))
+            mask = np.fromiter(allowed, dtype=np.bool_, count=len(new.item_ids))
+            cached = self._new_filtered = (key, np.flatnonzero(~mask))
+        return cached[1]
 
     def similar(self, model: ServedModel, item_id: str, k: int) -> list[tuple[str, float]] | None:
         row = model.scorer.rows.get(item_id)

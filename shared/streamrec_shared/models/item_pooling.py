@@ -248,7 +248,7 @@ class ItemPoolingScorer:
         return scores
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a table is one object, never compared by value
 class FoldedItems:
     """Items a version does not know, placed in its output space (:func:`fold_in`)."""
 
