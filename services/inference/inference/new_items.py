@@ -82,10 +82,12 @@ class NewItemVectors:
         """Rebuild the table if the contexts or the model changed since the last build."""
         model = self.holder.current
         changed = await self.store.contexts_changed()
-        if self._built_from is not None and self._built_from == (model, changed):
+        built = self._built_from
+        if built is not None and built[0] is model and built[1] == changed:
             return False
         if model is None:
             self._table = None
+            self.ranked.set(0)
         else:
             newest = await self.store.newest_items(self.max_items)
             rows = model.scorer.rows
