@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -75,6 +76,18 @@ def settings(
     return inference_settings(
         kafka_settings, topic_settings, redis_settings, trainer_process.url, tmp_path, unique
     )
+
+
+@asynccontextmanager
+async def serving_a_version(
+    trainer: httpx.AsyncClient, settings: InferenceSettings, kafka_settings: KafkaSettings
+) -> AsyncIterator[tuple[httpx.AsyncClient, int]]:
+    """Inference serving a version trained on the chain stream: the client and the version."""
+    await produce(kafka_settings, settings.topics.events, chain_events(40, 25, 30))
+    version = await publish_batch(trainer, "chain")
+    async with serve(create_app(settings)) as inference:
+        await poll(inference, "/v1/model", lambda m: m["version"] == version)
+        yield inference, version
 
 
 async def recommend(client: httpx.AsyncClient, user: str, **params: object) -> dict:  # type: ignore[type-arg]
@@ -151,10 +164,7 @@ async def test_hot_swap_under_load_fails_no_request_and_new_items_become_recomme
     trainer: httpx.AsyncClient, settings: InferenceSettings, kafka_settings: KafkaSettings
 ) -> None:
     topics = settings.topics
-    await produce(kafka_settings, topics.events, chain_events(40, 25, 30))
-    first = await publish_batch(trainer, "chain")
-    async with serve(create_app(settings)) as inference:
-        await poll(inference, "/v1/model", lambda m: m["version"] == first)
+    async with serving_a_version(trainer, settings, kafka_settings) as (inference, first):
         # Per client: requests in flight during the swap finish on the old version, so across
         # concurrent clients completion order may interleave versions; one client's sequence of
         # requests must never go back.
@@ -202,11 +212,7 @@ async def test_hot_swap_under_load_fails_no_request_and_new_items_become_recomme
 async def test_items_launched_after_the_version_are_recommended_before_the_next_one(
     trainer: httpx.AsyncClient, settings: InferenceSettings, kafka_settings: KafkaSettings
 ) -> None:
-    topics = settings.topics
-    await produce(kafka_settings, topics.events, chain_events(40, 25, 30))
-    version = await publish_batch(trainer, "chain")
-    async with serve(create_app(settings)) as inference:
-        await poll(inference, "/v1/model", lambda m: m["version"] == version)
+    async with serving_a_version(trainer, settings, kafka_settings) as (inference, version):
         # An item the version has never seen: its first users come to it from i5.
         launch = START + timedelta(days=1)
         events = []
@@ -219,7 +225,7 @@ async def test_items_launched_after_the_version_are_recommended_before_the_next_
         # it (4th of 30 in a run, after i6, i5 and i7, which also have the counted term).
         events.append(EventIn(user_id="probe", item_id="i4", type=EventType.CLICK,
                               timestamp=launch + timedelta(minutes=5)))  # fmt: skip
-        await produce(kafka_settings, topics.events, events)
+        await produce(kafka_settings, settings.topics.events, events)
         body = await poll(inference, "/v1/recommendations?user_id=probe&k=5",
                           lambda b: "new1" in [i["item_id"] for i in b["items"]])  # fmt: skip
         assert body["model_version"] == version  # no new version: the same one ranks it

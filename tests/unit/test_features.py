@@ -249,13 +249,14 @@ async def test_a_new_items_context_counts_its_users_newest_items_in_its_first_ev
     }  # a: u1's first event, nothing before it
     await store.apply(stream.batch(ev("b", T0 + 10, user="u2"), ev("x", T0 + 11, user="u2")))
     assert (await store.item_contexts(["x"]))["x"] == {"c": 1, "b": 2}
-    changed = await store.contexts_changed()
-    assert changed > 0
+    changed = await store.context_changes()
+    assert changed[0] > 0  # contexts opened (a, b, c, x)
+    assert changed[1] > 0  # and added to
     # x's third event is past its first two: not counted; nor is a non-positive event.
     await store.apply(stream.batch(ev("a", T0 + 20, user="u3"), ev("x", T0 + 21, user="u3")))
     await store.apply(stream.batch(ev("x", T0 + 30, "dislike", user="u4")))
     assert (await store.item_contexts(["x"]))["x"] == {"c": 1, "b": 2}
-    assert await store.contexts_changed() == changed  # nothing changed: no signal
+    assert await store.context_changes() == changed  # nothing changed: no signal
     assert await store.newest_items(3) == ["x", "c", "b"]
     assert 0 < await redis.ttl(store.context_key("x")) <= 86_400
     # Only an item's first event opens its context: once expired, it is not reopened.
@@ -269,7 +270,7 @@ async def test_no_contexts_when_turned_off(redis: fakeredis.FakeAsyncRedis) -> N
     await store.apply(Stream().batch(ev("a", T0), ev("b", T0 + 1)))
     assert await store.item_contexts(["a", "b"]) == {}
     assert await redis.keys("t:i:*") == []
-    assert await store.contexts_changed() == 0
+    assert await store.context_changes() == (0, 0)
     assert await store.newest_items(10) == ["b", "a"]
 
 

@@ -70,12 +70,25 @@ async def test_the_table_follows_the_contexts_and_the_served_version(store: Feat
     assert folded is not None
     out = model.scorer.weights.item_out
     np.testing.assert_allclose(folded.vectors[0], (out[2] + out[3]) / 2)
+    # Only a context added to (no item first seen): n is reread.
+    await store.apply(stream.batch(ev("i3", T0 + 2, user="e"), ev("n", T0 + 3, user="e")))
+    assert await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    np.testing.assert_allclose(folded.vectors[0], (out[2] + 2 * out[3]) / 3)
     # A version that knows n: the old table is not used with it, the new one leaves n out.
     holder.current = newer = knowing(model, "n")
     assert vectors.for_model(newer) is None
     assert await vectors.refresh()
     assert vectors.for_model(model) is None
     assert vectors.for_model(newer).item_ids == []  # type: ignore[union-attr]
+    # Contexts of items this version knows move: nothing to rebuild.
+    await store.apply(stream.batch(ev("i2", T0 + 4, user="c"), ev("i3", T0 + 5, user="c")))
+    assert not await vectors.refresh()
+    # An item first seen now: the newest items are read again.
+    await store.apply(stream.batch(ev("i3", T0 + 6, user="d"), ev("o", T0 + 7, user="d")))
+    assert await vectors.refresh()
+    assert vectors.for_model(newer).item_ids == ["o"]  # type: ignore[union-attr]
     holder.current = None
     assert await vectors.refresh()
     assert vectors.for_model(newer) is None

@@ -15,7 +15,8 @@ Schema (``p`` is ``RedisSettings.key_prefix``):
 | | | newest ``new_item_context_items`` before one of the item's first |
 | | | ``new_item_context_events`` events; field ``""`` counts those events; |
 | | | created at the item's first event, expires ``new_item_context_ttl_s`` later |
-| ``{p}features:contexts`` | STRING | bumped by every batch that changed a context |
+| ``{p}features:contexts`` | HASH | ``opened`` / ``counted``: bumped by every batch that opened / |
+| | | added to a context (inference rebuilds its new items on a change) |
 | ``{p}items:popularity`` | ZSET | forward-decayed weighted count, ``popularity_half_life_s`` |
 | ``{p}items:trending`` | ZSET | the same with ``trending_half_life_s`` (short-term activity) |
 | ``{p}features:landmark`` | STRING | landmark of the forward decay (event time, ms) |
@@ -127,7 +128,7 @@ end
 # writes themselves. The user keys are not declared in KEYS (a standalone Redis, as for ingest's
 # dedup keys).
 #
-# KEYS: offsets, landmark, clock, popularity, trending, first_seen, contexts (the change counter).
+# KEYS: offsets, landmark, clock, popularity, trending, first_seen, contexts (change counters).
 # ARGV: [1] the landmark the scores were computed against ('' for none yet), [2] the landmark to
 # store ('' to keep it), [3] [4] the weights that rescale popularity and trending to the new
 # landmark ('' for no rescale), [5] the pruning bound after a rescale, [6] the newest positive
@@ -165,7 +166,7 @@ i = partitions + 3 * n
 local prefix, keep_recent, keep_seen = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
 local context_items, context_events = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
 local context_ttl = ARGV[i + 5]
-local contexts_changed = false
+local opened, counted = false, false
 i = i + 6
 n = tonumber(ARGV[i])
 i = i + 1
@@ -178,7 +179,7 @@ for j = i, i + 4 * n - 1, 4 do
     local context = prefix .. 'i:' .. ARGV[j] .. ':context'
     redis.call('HSET', context, '', 0)
     redis.call('EXPIRE', context, context_ttl)
-    contexts_changed = true
+    opened = true
   end
 end
 i = i + 4 * n
@@ -201,7 +202,7 @@ while i <= #ARGV do
             and redis.call('HINCRBY', context, '', 1) <= context_events then
           for _, before in ipairs(redis.call('LRANGE', key, 0, context_items - 1)) do
             redis.call('HINCRBY', context, before, 1)
-            contexts_changed = true
+            counted = true
           end
         end
       end
@@ -230,7 +231,8 @@ end
 for j = partitions, partitions + 3 * tonumber(ARGV[7]) - 1, 3 do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 2])
 end
-if contexts_changed then redis.call('INCR', KEYS[7]) end
+if opened then redis.call('HINCRBY', KEYS[7], 'opened', 1) end
+if counted then redis.call('HINCRBY', KEYS[7], 'counted', 1) end
 return {'ok'}
 """
 )
@@ -576,9 +578,11 @@ class FeatureStore:
         replies = await self.redis.mget([self.user_key(user, "serving") for user in user_ids])
         return [_serving(raw) for raw in replies]
 
-    async def contexts_changed(self) -> int:
-        """A counter that moves whenever a batch changed a new item's context."""
-        return int(await self.redis.get(self.contexts_key) or 0)
+    async def context_changes(self) -> tuple[int, int]:
+        """Two counters: one moves when a batch opened a context (an item first seen), the
+        other when a batch added to one."""
+        opened, counted = await self.redis.hmget(self.contexts_key, ["opened", "counted"])
+        return int(opened or 0), int(counted or 0)
 
     async def newest_items(self, limit: int) -> list[str]:
         """The ``limit`` items first seen last, newest first."""
