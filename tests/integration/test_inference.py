@@ -232,6 +232,10 @@ async def test_items_launched_after_the_version_are_recommended_before_the_next_
         assert body["fallback"] is None
         record = await trainer.get("/v1/specs/chain/versions/latest")
         assert record.json()["version"] == version
+        # Its page can show similar items: it stands where its first users came from.
+        similar = await inference.get("/v1/items/new1/similar", params={"k": 3})
+        assert similar.status_code == 200, similar.text
+        assert similar.json()["items"][0]["item_id"] == "i5"
         # A user who touched it is never offered it again.
         launched = await recommend(inference, "launch0", k=30)
         assert "new1" not in [i["item_id"] for i in launched["items"]]

@@ -254,3 +254,13 @@ def test_similar_items_by_embedding() -> None:
     assert similar is not None
     assert "i1" not in [i for i, _ in similar]
     assert len(similar) == 3
+
+
+def test_a_new_item_answers_similar_from_its_placed_vector() -> None:
+    model = served()
+    chain = recommender(model, FakeFeatures(), new_items=NewItems(model, {"n": {"i3": 1}}))
+    similar = chain.similar(model, "n", 2)
+    assert similar is not None
+    assert similar[0] == ("i3", pytest.approx(1.0))  # n stands where i3 does
+    assert chain.similar(model, "unknown", 2) is None
+    assert chain.similar(served(version=2), "n", 2) is None  # not placed against that version

@@ -125,7 +125,11 @@ async def similar(
         )
     ranked = state.recommender.similar(model, item_id, min(k, state.settings.max_k))
     if ranked is None:
-        raise ApiError(404, "unknown_item", f"item {item_id!r} is not in model v{model.version}")
+        raise ApiError(
+            404,
+            "unknown_item",
+            f"item {item_id!r} is not in model v{model.version} nor among the new items it ranks",
+        )
     return json_response(
         {"item_id": item_id, "model_version": model.version, "items": _items(state, ranked)}
     )

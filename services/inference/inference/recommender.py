@@ -250,13 +250,21 @@ class Recommender:
         return cached[1]
 
     def similar(self, model: ServedModel, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """The catalogue's items nearest ``item_id`` (cosine of output embeddings); an item
+        launched since the version answers from its placed vector. None: an item neither knows."""
         row = model.scorer.rows.get(item_id)
-        if row is None:
-            return None
-        similarity = model.normalized @ model.normalized[row]
-        similarity[row] = -np.inf
+        if row is not None:
+            similarity = model.normalized @ model.normalized[row]
+            similarity[row] = -np.inf
+        else:
+            new = self.new_items.for_model(model) if self.new_items is not None else None
+            new_row = new.rows.get(item_id) if new is not None else None
+            if new is None or new_row is None:
+                return None
+            vector = new.vectors[new_row]
+            similarity = model.normalized @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
         similarity[self.catalog.unavailable_mask(model)] = -np.inf
-        k = min(k, len(similarity) - 1)
+        k = min(k, int(np.isfinite(similarity).sum()))
         if k <= 0:
             return []
         top = top_k(similarity, k)
