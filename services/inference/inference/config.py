@@ -86,7 +86,7 @@ class InferenceSettings(BaseSettings):
         default=0.1,
         gt=0,
         le=60,
-        description="How often a change of the contexts is looked for (one GET).",
+        description="How often a change of the contexts is looked for (one HMGET).",
     )
     # One fetch is one Redis transaction: ~1,000 events hold Redis ~10 ms (serving reads have
     # a 20 ms budget); 5,000 held it ~50 ms.
