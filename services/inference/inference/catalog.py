@@ -2,15 +2,17 @@
 
 Every replica keeps the whole catalogue in memory (a few hundred bytes per item), so filtering
 a request costs no round trip. Writers bump a version counter; replicas poll it and reload only
-when it moved. Masks over a model's rows are computed once per (model version, catalogue
-version) and reused by every request.
+when it moved. The rows to filter out of an item list (the served model's, its new items') are
+computed once per (list, catalogue version, tag) and reused by every request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -22,8 +24,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from streamrec_shared.schemas.events import EntityId
 from streamrec_shared.tasks import BackgroundTask
-
-from inference.models import ServedModel
 
 log = logging.getLogger(__name__)
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s,]+$")]
@@ -44,13 +44,18 @@ class ItemsIn(BaseModel):
     items: list[ItemIn] = Field(min_length=1, max_length=10_000)
 
 
+# Item lists whose filters are kept: the served model's and its new items' (a third when a
+# version is swapped in).
+KEPT_FILTERS = 4
+
+
 @dataclass
-class _Masks:
-    key: tuple[int, int] = (-1, -1)
-    unavailable: npt.NDArray[np.bool_] | None = None
-    # The same as row numbers: usually empty, and then a request skips the masking altogether.
-    unavailable_rows: npt.NDArray[np.intp] | None = None
-    by_tag: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+class _Filters:
+    """The rows of one item list never to recommend, per tag, at one catalogue version."""
+
+    items: Sequence[str]  # compared by identity: a model's or a new-item table's list
+    version: int
+    by_tag: dict[str | None, npt.NDArray[np.intp]] = field(default_factory=dict)
 
 
 class ItemCatalog:
@@ -61,7 +66,7 @@ class ItemCatalog:
         self.refresh_s = refresh_s
         self.items: dict[str, ItemIn] = {}
         self.version = 0
-        self._masks = _Masks()
+        self._filters: list[_Filters] = []
         self._refresher = BackgroundTask("catalog-refresh", self._poll)
 
     async def start(self) -> None:
@@ -108,43 +113,22 @@ class ItemCatalog:
         item = self.items.get(item_id)
         return item.title if item else None
 
-    def _current_masks(self, model: ServedModel) -> _Masks:
-        key = (model.version, self.version)
-        if self._masks.key != key:
-            ids = model.scorer.weights.item_ids
-            unavailable = np.fromiter(
-                (not self.items[i].available if i in self.items else False for i in ids),
-                dtype=np.bool_,
-                count=len(ids),
-            )
-            self._masks = _Masks(
-                key=key, unavailable=unavailable, unavailable_rows=np.flatnonzero(unavailable)
-            )
-        return self._masks
+    def filtered_rows(self, items: Sequence[str], tag: str | None) -> npt.NDArray[np.intp]:
+        """The rows of ``items`` never to recommend: unavailable, or (with ``tag``) without it.
 
-    def unavailable_mask(self, model: ServedModel) -> npt.NDArray[np.bool_]:
-        masks = self._current_masks(model)
-        assert masks.unavailable is not None
-        return masks.unavailable
-
-    def unavailable_rows(self, model: ServedModel) -> npt.NDArray[np.intp]:
-        masks = self._current_masks(model)
-        assert masks.unavailable_rows is not None
-        return masks.unavailable_rows
-
-    def tag_mask(self, model: ServedModel, tag: str) -> npt.NDArray[np.bool_]:
-        """True where the item does NOT carry ``tag`` (so it is filtered out)."""
-        masks = self._current_masks(model)
-        mask = masks.by_tag.get(tag)
-        if mask is None:
-            ids = model.scorer.weights.item_ids
-            mask = np.fromiter(
-                (tag not in self.items[i].tags if i in self.items else True for i in ids),
-                dtype=np.bool_,
-                count=len(ids),
-            )
-            masks.by_tag[tag] = mask
-        return mask
+        Kept per list (by identity), catalogue version and tag, so a request pays a lookup,
+        not a Python call per item; usually empty, and then callers skip the masking."""
+        kept = next((f for f in self._filters if f.items is items), None)
+        if kept is None or kept.version != self.version:
+            kept = _Filters(items, self.version)
+            others = [f for f in self._filters if f.items is not items]
+            self._filters = [kept, *others][:KEPT_FILTERS]
+        rows = kept.by_tag.get(tag)
+        if rows is None:
+            allowed = map(self.allowed, items, itertools.repeat(tag))
+            mask = np.fromiter(allowed, dtype=np.bool_, count=len(items))
+            rows = kept.by_tag[tag] = np.flatnonzero(~mask)
+        return rows
 
     def allowed(self, item_id: str, tag: str | None) -> bool:
         item = self.items.get(item_id)

@@ -82,9 +82,6 @@ class Recommender:
     ) -> None:
         self.holder = holder
         self.new_items = new_items
-        self._new_filtered: (
-            tuple[tuple[FoldedItems, int, str | None], npt.NDArray[np.intp]] | None
-        ) = None
         self.features = features
         self.catalog = catalog
         self.feature_timeout_s = feature_timeout_s
@@ -212,23 +209,15 @@ class Recommender:
         k: int,
     ) -> list[tuple[str, float]]:
         scores, user_vector = model.user_scores(recent)
-        unavailable = self.catalog.unavailable_rows(model)
-        if len(unavailable):
-            scores[unavailable] = -np.inf
-        if tag is not None:
-            scores[self.catalog.tag_mask(model, tag)] = -np.inf
-        _exclude(scores, model.scorer.rows, excluded)
         ids = model.scorer.weights.item_ids
+        self._filter_out(scores, ids, model.scorer.rows, excluded, tag)
         known = len(ids)
         new_ids: list[str] = []
         new = self.new_items.for_model(model) if self.new_items is not None else None
         if new is not None and new.item_ids:
             # Items launched since the version, ranked with the catalogue as rows after it.
             new_scores = new.scores(user_vector)
-            filtered = self._filtered_new_rows(new, tag)
-            if len(filtered):
-                new_scores[filtered] = -np.inf
-            _exclude(new_scores, new.rows, excluded)
+            self._filter_out(new_scores, new.item_ids, new.rows, excluded, tag)
             scores = np.concatenate([scores, new_scores])
             new_ids = new.item_ids
         top = top_k(scores, k)
@@ -238,16 +227,25 @@ class Recommender:
             if math.isfinite(score)
         ]
 
-    def _filtered_new_rows(self, new: FoldedItems, tag: str | None) -> npt.NDArray[np.intp]:
-        """The rows of ``new`` that are unavailable or lack ``tag``; kept for the next request
-        with the same table, catalogue version and tag (a Python call per item otherwise)."""
-        key = (new, self.catalog.version, tag)
-        cached = self._new_filtered
-        if cached is None or cached[0] != key:
-            allowed = map(self.catalog.allowed, new.item_ids, itertools.repeat(tag))
-            mask = np.fromiter(allowed, dtype=np.bool_, count=len(new.item_ids))
-            cached = self._new_filtered = (key, np.flatnonzero(~mask))
-        return cached[1]
+    def _filter_out(
+        self,
+        scores: npt.NDArray[np.float32],
+        items: list[str],
+        rows: dict[str, int],
+        excluded: Collection[str],
+        tag: str | None,
+    ) -> None:
+        """Set to -inf, in place, the scores of ``items`` (``rows``: item → row) that the
+        catalogue filters out for ``tag`` and those in ``excluded``."""
+        filtered = self.catalog.filtered_rows(items, tag)
+        if len(filtered):
+            scores[filtered] = -np.inf
+        if excluded:
+            # A seen set has hundreds of items: fromiter over map runs the lookups in C (-1 for
+            # an item not in ``rows``), a Python loop over them cost ~5 % of a request.
+            lookup = map(rows.get, excluded, itertools.repeat(-1))
+            found = np.fromiter(lookup, dtype=np.intp, count=len(excluded))
+            scores[found[found >= 0]] = -np.inf
 
     def similar(self, model: ServedModel, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """The catalogue's items nearest ``item_id`` (cosine of output embeddings); an item
@@ -263,22 +261,11 @@ class Recommender:
                 return None
             vector = new.vectors[new_row]
             similarity = model.normalized @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
-        similarity[self.catalog.unavailable_mask(model)] = -np.inf
+        unavailable = self.catalog.filtered_rows(model.scorer.weights.item_ids, None)
+        similarity[unavailable] = -np.inf
         k = min(k, int(np.isfinite(similarity).sum()))
         if k <= 0:
             return []
         top = top_k(similarity, k)
         ids = model.scorer.weights.item_ids
         return [(ids[r], float(similarity[r])) for r in top if np.isfinite(similarity[r])]
-
-
-def _exclude(
-    scores: npt.NDArray[np.float32], rows: dict[str, int], excluded: Collection[str]
-) -> None:
-    """Set the scores of the ``excluded`` items among ``rows`` to -inf, in place."""
-    if excluded:
-        # A seen set has hundreds of items: fromiter over map runs the lookups in C (-1 for an
-        # item not in ``rows``), a Python loop over them cost ~5 % of a request.
-        lookup = map(rows.get, excluded, itertools.repeat(-1))
-        found = np.fromiter(lookup, dtype=np.intp, count=len(excluded))
-        scores[found[found >= 0]] = -np.inf
