@@ -66,17 +66,16 @@ class NewItems:
     ) -> tuple[list[str], Floats]:
         """The unknown items' ids and one user's scores for them (items in ``exclude``: -inf),
         to rank with the catalogue's."""
-        ids, vectors, biases = self.ranked(scorer)
-        scores = vectors @ user_vector + biases
-        scores[[item in exclude for item in ids]] = -np.inf
-        return ids, scores
+        folded = self.folded(scorer)
+        scores = folded.scores(user_vector)
+        scores[[item in exclude for item in folded.item_ids]] = -np.inf
+        return folded.item_ids, scores
 
-    def ranked(self, scorer: ItemPoolingScorer) -> tuple[list[str], Floats, Floats]:
-        """The unknown items with a known context: ids, vectors (items × dim) and biases."""
+    def folded(self, scorer: ItemPoolingScorer) -> FoldedItems:
+        """The unknown items with a known context, placed against ``scorer``'s version."""
         if self._ranked is None or self._ranked[0] is not scorer:
             self._ranked = (scorer, fold_in(scorer, self.context))
-        folded = self._ranked[1]
-        return folded.item_ids, folded.vectors, folded.biases
+        return self._ranked[1]
 
 
 class PoolingArm:

@@ -14,12 +14,7 @@ from prometheus_client import CollectorRegistry
 from streamrec_shared.models.item_pooling import ItemPoolingScorer
 
 from tests.unit.test_features import T0, Stream, ev, settings
-from tests.unit.test_recommender import served
-
-
-class Holder:
-    def __init__(self, model: ServedModel | None) -> None:
-        self.current = model
+from tests.unit.test_recommender import Holder, served
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ def test_an_unknown_item_stands_where_its_users_came_from(scorer: ItemPoolingSco
     new_items = NewItems(window=2)
     new_items.observe("x", ["e", "a", "b"], scorer)  # window 2: a and b
     new_items.observe("x", ["a", "z"], scorer)  # z is unknown too: only a counts
-    ids, vectors, biases = new_items.ranked(scorer)
+    folded = new_items.folded(scorer)
+    ids, vectors, biases = folded.item_ids, folded.vectors, folded.biases
     weights = scorer.weights
     a, b = scorer.rows["a"], scorer.rows["b"]
     assert ids == ["x"]
@@ -36,7 +37,8 @@ def test_known_items_and_contexts_without_known_items_are_left_out(
     new_items.observe("a", ["b"], scorer)  # the version knows a
     new_items.observe("y", ["z"], scorer)  # nothing known before y
     new_items.observe("x", [], scorer)  # a user's first event
-    ids, vectors, biases = new_items.ranked(scorer)
+    folded = new_items.folded(scorer)
+    ids, vectors, biases = folded.item_ids, folded.vectors, folded.biases
     assert ids == []
     assert vectors.shape == (0, 3)
     assert biases.shape == (0,)
@@ -46,10 +48,10 @@ def test_a_version_that_knows_the_item_replaces_the_fold_in(scorer: ItemPoolingS
     new_items = NewItems(window=1)
     new_items.observe("x", ["a"], scorer)
     new_items.observe("y", ["b"], scorer)
-    assert new_items.ranked(scorer)[0] == ["x", "y"]
+    assert new_items.folded(scorer).item_ids == ["x", "y"]
     newer = ItemPoolingScorer(make_weights(items=["a", "b", "c", "d", "e", "x"]))
     new_items.forget_known(newer)
-    assert new_items.ranked(newer)[0] == ["y"]
+    assert new_items.folded(newer).item_ids == ["y"]
 
 
 def test_a_user_scores_the_unknown_items_and_never_those_they_touched(
