@@ -54,6 +54,10 @@ from streamrec_dev.evaluation.stack_arms import (  # noqa: E402
 )
 
 BASELINE = "popularity-history"
+# In-process arms left out where they tell nothing, to keep `make bench` under its 30 minutes:
+# on ML-100K 216 of 50,000 evaluated targets are items launched after the history, and the
+# new-items arm equals pooling-incremental there (0.234 both in session 15) for ~45 s more.
+SKIPPED_ARMS = {"ml-100k": {"pooling-incremental-new-items"}}
 
 
 def stack_results(
@@ -141,7 +145,9 @@ def main() -> int:
         if stack_names:
             results += stack_results(dataset, stack_names, settings, console)
         stack_s = time.perf_counter() - started
-        results += run_arms(dataset, arms, console=console)
+        skipped = SKIPPED_ARMS.get(name, set())
+        in_process = {arm: make for arm, make in arms.items() if arm not in skipped}
+        results += run_arms(dataset, in_process, console=console)
         folder = write_report(
             results,
             dataset.name,
