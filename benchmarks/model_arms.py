@@ -23,7 +23,14 @@ import numpy as np
 from streamrec_dev.evaluation.data import Interaction
 from streamrec_dev.evaluation.protocol import Recommender
 from streamrec_dev.evaluation.stack_arms import EVALUATION_HYPERPARAMETERS
-from streamrec_shared.models.item_pooling import Floats, FoldedItems, ItemPoolingScorer, fold_in
+from streamrec_shared.models.item_pooling import (
+    Floats,
+    FoldedItems,
+    ItemContext,
+    ItemPoolingScorer,
+    Rows,
+    fold_in,
+)
 from streamrec_shared.schemas.events import Interaction as Event
 from streamrec_shared.schemas.models import ItemPoolingHyperparameters
 from trainer.learner import Learner
@@ -42,13 +49,15 @@ class NewItems:
     recommended until the next one, while the co-occurrence peer ranks it from its first event.
     Here the contexts (each user's newest ``window`` items before an event on an unknown item)
     are kept in memory, and :func:`fold_in` places the item from them, as inference does from the
-    contexts the feature updater keeps in Redis. A version that knows the item replaces this with
-    what it trained.
+    contexts the feature updater keeps in Redis (which counts only an item's first 10 events:
+    the same HR@10 here, session 15). A version that knows the item replaces this with what it
+    trained.
     """
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.context: dict[str, Counter[str]] = {}
+        self.events: Counter[str] = Counter()
         self._ranked: tuple[ItemPoolingScorer, FoldedItems] | None = None
 
     def observe(self, item: str, before: Iterable[str], scorer: ItemPoolingScorer) -> None:
@@ -56,25 +65,35 @@ class NewItems:
         if item in scorer.rows:
             return
         self.context.setdefault(item, Counter()).update(list(before)[-self.window :])
+        self.events[item] += 1
         self._ranked = None
 
     def forget_known(self, scorer: ItemPoolingScorer) -> None:
         self.context = {item: c for item, c in self.context.items() if item not in scorer.rows}
+        self.events = Counter({item: self.events[item] for item in self.context})
 
     def scores(
-        self, scorer: ItemPoolingScorer, user_vector: Floats, exclude: set[str]
+        self,
+        scorer: ItemPoolingScorer,
+        user_vector: Floats,
+        history_rows: Rows,
+        exclude: set[str],
     ) -> tuple[list[str], Floats]:
-        """The unknown items' ids and one user's scores for them (items in ``exclude``: -inf),
-        to rank with the catalogue's."""
+        """The unknown items' ids and one user's scores for them (``history_rows``: the user's
+        known rows, newest first; items in ``exclude``: -inf), to rank with the catalogue's."""
         folded = self.folded(scorer)
-        scores = folded.scores(user_vector)
+        scores = folded.scores(user_vector, history_rows)
         scores[[item in exclude for item in folded.item_ids]] = -np.inf
         return folded.item_ids, scores
 
     def folded(self, scorer: ItemPoolingScorer) -> FoldedItems:
         """The unknown items with a known context, placed against ``scorer``'s version."""
         if self._ranked is None or self._ranked[0] is not scorer:
-            self._ranked = (scorer, fold_in(scorer, self.context))
+            contexts = {
+                item: ItemContext(self.events[item], before)
+                for item, before in self.context.items()
+            }
+            self._ranked = (scorer, fold_in(scorer, contexts))
         return self._ranked[1]
 
 
@@ -129,7 +148,9 @@ class PoolingArm:
         scores[excluded] = -np.inf
         ids = scorer.weights.item_ids
         if self.new_items is not None:
-            new_ids, new_scores = self.new_items.scores(scorer, user_vectors[0], exclude)
+            new_ids, new_scores = self.new_items.scores(
+                scorer, user_vectors[0], rows[0][rows[0] >= 0], exclude
+            )
             scores = np.concatenate([scores, new_scores])
             ids = [*ids, *new_ids]
         top = np.argpartition(-scores, k)[:k] if k < len(scores) else np.arange(len(scores))

@@ -82,6 +82,9 @@ def test_neighbors_are_the_cosines_of_a_brute_force_count(seed: int) -> None:
         for b, cosine in neighbors.items():
             assert actual[a][b] == pytest.approx(cosine, rel=1e-6)
     assert (weights.cooccurrence_weight, weights.cooccurrence_window) == (2.0, WINDOW)
+    # The event counts behind the cosines travel too (items the version does not know use them).
+    events_of = [sum(item == item_id for _, item in events) for item_id in learner.item_ids]
+    np.testing.assert_array_equal(weights.item_events, events_of)
 
 
 def test_each_row_keeps_its_strongest_neighbors_strongest_first() -> None:

@@ -27,6 +27,7 @@ from inference.updater import FeatureUpdater
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from streamrec_shared.kafka import ResilientProducer
+from streamrec_shared.models.item_pooling import ItemContext
 from streamrec_shared.schemas.events import INTERACTION_WEIGHTS, EventIn, EventType
 from streamrec_shared.settings import KafkaSettings, RedisSettings
 
@@ -228,7 +229,10 @@ async def test_apply_is_atomic_with_its_position(
     assert features.recent == ["c", "b", "a"]
     assert features.counts == {"click": 3}
     # New items' contexts too: counted once, though the batch was sent three times.
-    assert await store.item_contexts(["b", "c"]) == {"b": {"a": 1}, "c": {"b": 1, "a": 1}}
+    assert await store.item_contexts(["b", "c"]) == {
+        "b": ItemContext(1, {"a": 1}),
+        "c": ItemContext(1, {"b": 1, "a": 1}),
+    }
     assert await store.positions(TOPIC) == {0: 3}
     assert await store.positions("another-topic") == {}
 
@@ -243,19 +247,20 @@ async def test_a_new_items_context_counts_its_users_newest_items_in_its_first_ev
     # One batch: u1's items in order, so x's context is u1's newest two before it.
     await store.apply(stream.batch(*(ev(i, T0 + n, user="u1") for n, i in enumerate("abcx"))))
     assert await store.item_contexts(["a", "b", "c", "x"]) == {
-        "b": {"a": 1},
-        "c": {"b": 1, "a": 1},
-        "x": {"c": 1, "b": 1},
+        "b": ItemContext(1, {"a": 1}),
+        "c": ItemContext(1, {"b": 1, "a": 1}),
+        "x": ItemContext(1, {"c": 1, "b": 1}),
     }  # a: u1's first event, nothing before it
     await store.apply(stream.batch(ev("b", T0 + 10, user="u2"), ev("x", T0 + 11, user="u2")))
-    assert (await store.item_contexts(["x"]))["x"] == {"c": 1, "b": 2}
+    assert (await store.item_contexts(["x"]))["x"] == ItemContext(2, {"c": 1, "b": 2})
     changed = await store.context_changes()
     assert changed[0] > 0  # contexts opened (a, b, c, x)
     assert changed[1] > 0  # and added to
     # x's third event is past its first two: not counted; nor is a non-positive event.
     await store.apply(stream.batch(ev("a", T0 + 20, user="u3"), ev("x", T0 + 21, user="u3")))
     await store.apply(stream.batch(ev("x", T0 + 30, "dislike", user="u4")))
-    assert (await store.item_contexts(["x"]))["x"] == {"c": 1, "b": 2}
+    # Its events as counted in the context: the first two, though x had three.
+    assert (await store.item_contexts(["x"]))["x"] == ItemContext(2, {"c": 1, "b": 2})
     assert await store.context_changes() == changed  # nothing changed: no signal
     assert await store.newest_items(3) == ["x", "c", "b"]
     assert 0 < await redis.ttl(store.context_key("x")) <= 86_400

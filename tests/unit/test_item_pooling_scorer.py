@@ -13,8 +13,10 @@ from streamrec_shared.models import item_pooling
 from streamrec_shared.models.item_pooling import (
     FAMILY,
     MANIFEST,
+    ItemContext,
     ItemPoolingScorer,
     ItemPoolingWeights,
+    fold_in,
     load_weights,
     read_manifest,
 )
@@ -83,7 +85,7 @@ def test_manifest_has_the_callers_fields_and_the_format(
     manifest = read_manifest(tmp_path)
     assert manifest == {
         "spec_id": "movies",
-        "format": 3,
+        "format": 4,
         "family": FAMILY,
         "item_count": 5,
         "embedding_dim": DIM,
@@ -95,7 +97,7 @@ def test_manifest_has_the_callers_fields_and_the_format(
 
 
 @pytest.mark.parametrize(
-    "change", [{"family": "two_tower"}, {"format": 4}, {"family": None}], ids=str
+    "change", [{"family": "two_tower"}, {"format": 5}, {"family": None}], ids=str
 )
 def test_read_manifest_rejects_other_artifacts(
     tmp_path: Path, weights: ItemPoolingWeights, change: dict[str, object]
@@ -240,7 +242,11 @@ NEIGHBORS = {0: [(1, 0.5), (2, 0.25)], 1: [(0, 0.5)], 2: [(0, 0.25), (1, 0.1)], 
 
 
 def with_neighbors(
-    weights: ItemPoolingWeights, weight: float = 2.0, window: int = 2, decay: float = 1.0
+    weights: ItemPoolingWeights,
+    weight: float = 2.0,
+    window: int = 2,
+    decay: float = 1.0,
+    item_events: list[float] | None = None,
 ) -> ItemPoolingWeights:
     indptr = np.cumsum([0] + [len(NEIGHBORS[row]) for row in range(5)])
     flat = [pair for row in range(5) for pair in NEIGHBORS[row]]
@@ -252,6 +258,7 @@ def with_neighbors(
         cooccurrence_weight=weight,
         cooccurrence_window=window,
         cooccurrence_decay=decay,
+        item_events=np.asarray(item_events or [], dtype=np.float32),
     )
 
 
@@ -322,16 +329,69 @@ def test_the_padded_lists_stay_within_their_memory_bound(
 
 
 def test_neighbors_round_trip(tmp_path: Path, weights: ItemPoolingWeights) -> None:
-    original = with_neighbors(weights, weight=1.5, window=3, decay=0.75)
+    original = with_neighbors(
+        weights, weight=1.5, window=3, decay=0.75, item_events=[1, 2, 3, 4, 5]
+    )
     original.save(tmp_path, {})
     loaded = load_weights(tmp_path)
     manifest = read_manifest(tmp_path)
     term = ("cooccurrence_weight", "cooccurrence_window", "cooccurrence_decay")
     assert [manifest[name] for name in term] == [1.5, 3, 0.75]
     assert [getattr(loaded, name) for name in term] == [1.5, 3, 0.75]
-    for name in ("neighbor_indptr", "neighbor_rows", "neighbor_weights"):
+    for name in ("neighbor_indptr", "neighbor_rows", "neighbor_weights", "item_events"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(original, name))
     assert loaded.neighbor_weights.dtype == np.float32
+    assert loaded.item_events.dtype == np.float32
+
+
+# --- items the version does not know (fold-in) -----------------------------------------------
+
+
+def test_a_new_item_stands_where_its_users_came_from(weights: ItemPoolingWeights) -> None:
+    scorer = ItemPoolingScorer(weights)
+    contexts = {
+        "x": ItemContext(2, {"a": 2, "b": 1, "z": 5}),  # z: unknown to the version, left out
+        "y": ItemContext(1, {"z": 1}),  # nothing known: left out
+        "a": ItemContext(1, {"b": 1}),  # known to the version: left out
+    }
+    folded = fold_in(scorer, contexts)
+    assert folded.item_ids == ["x"]
+    a, b = scorer.rows["a"], scorer.rows["b"]
+    expected = (2 * weights.item_out[a] + weights.item_out[b]) / 3
+    np.testing.assert_allclose(folded.vectors[0], expected, rtol=1e-6)
+    assert folded.biases[0] == pytest.approx((2 * weights.item_bias[a] + weights.item_bias[b]) / 3)
+    assert len(folded.pair_rows) == 0  # no term without neighbors and event counts
+    user = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    plain = float(expected @ user) + folded.biases[0]
+    assert folded.scores(user, [a, b])[0] == pytest.approx(plain, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("history", "summed"),
+    [
+        # x's cosines: with a 2 / √(4 · 2), with b 1 / √(1 · 2); y's with b 1 / √(1 · 1).
+        ([0, 1], {"x": 2 / np.sqrt(8) + 0.5 / np.sqrt(2), "y": 0.5}),  # b second: decay 0.5
+        ([1, 0, 2], {"x": 1 / np.sqrt(2) + 0.5 * 2 / np.sqrt(8), "y": 1.0}),  # c: past window
+        ([2, 3], {"x": 0.0, "y": 0.0}),  # none of their contexts' items
+        ([], {"x": 0.0, "y": 0.0}),
+    ],
+)
+def test_a_new_items_term_is_the_catalogues_from_its_context(
+    weights: ItemPoolingWeights, history: list[int], summed: dict[str, float]
+) -> None:
+    # The term's cosine as the trainer counts it: pairs / √(events of each), the new item's
+    # events being those its context counted.
+    with_term = with_neighbors(weights, decay=0.5, item_events=[4, 1, 9, 9, 9])
+    scorer = ItemPoolingScorer(with_term)
+    contexts = {"x": ItemContext(2, {"a": 2, "b": 1}), "y": ItemContext(1, {"b": 1})}
+    folded = fold_in(scorer, contexts)
+    user = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    plain = folded.vectors @ user + folded.biases
+    expected = [plain[n] + 2.0 * np.log1p(summed[item]) for n, item in enumerate(folded.item_ids)]
+    np.testing.assert_allclose(folded.scores(user, history), expected, rtol=1e-5)
+    # A format 3 artifact (no event counts) ranks them by the embeddings alone.
+    without_counts = fold_in(ItemPoolingScorer(with_neighbors(weights, decay=0.5)), contexts)
+    np.testing.assert_allclose(without_counts.scores(user, history), plain, rtol=1e-6)
 
 
 def test_a_format_1_artifact_still_loads_and_scores_as_before(

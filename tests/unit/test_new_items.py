@@ -61,7 +61,7 @@ def test_a_user_scores_the_unknown_items_and_never_those_they_touched(
     new_items.observe("x", ["a"], scorer)
     new_items.observe("y", ["b"], scorer)
     user = np.array([0.5, -1.0, 2.0], dtype=np.float32)
-    ids, scores = new_items.scores(scorer, user, exclude={"y"})
+    ids, scores = new_items.scores(scorer, user, np.array([0]), exclude={"y"})
     weights = scorer.weights
     a = scorer.rows["a"]
     assert ids == ["x", "y"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from streamrec_shared.models.item_pooling import (
     FoldedItems,
+    ItemContext,
     ItemPoolingScorer,
     ItemPoolingWeights,
     fold_in,
@@ -22,9 +24,11 @@ from streamrec_shared.models.item_pooling import (
 ITEMS = [f"i{n}" for n in range(6)]
 
 
-def served(version: int = 1) -> ServedModel:
+def served(version: int = 1, term_weight: float = 0.0) -> ServedModel:
     """Item k's output embedding points where item k-1's input embedding does: after i(k-1)
-    comes ik. Bias favours i5 for users without history."""
+    comes ik. Bias favours i5 for users without history. ``term_weight``: an item-to-item term
+    with no neighbor lists (the catalogue's scores stay the same), each item counted 4 times:
+    only items the version does not know get it, from their contexts."""
     dim = len(ITEMS)
     item_in = np.eye(dim, dtype=np.float32)
     item_out = np.roll(np.eye(dim, dtype=np.float32), 1, axis=0)
@@ -37,6 +41,15 @@ def served(version: int = 1) -> ServedModel:
         projection=np.eye(dim, dtype=np.float32),
         projection_bias=np.zeros(dim, dtype=np.float32),
     )
+    if term_weight:
+        weights = dataclasses.replace(
+            weights,
+            neighbor_indptr=np.zeros(dim + 1, dtype=np.int64),
+            cooccurrence_weight=term_weight,
+            cooccurrence_window=2,
+            cooccurrence_decay=0.5,
+            item_events=np.full(dim, 4.0, dtype=np.float32),
+        )
     scorer = ItemPoolingScorer(weights)
     return ServedModel("spec", version, "0" * 64, scorer, item_out, 0.0)
 
@@ -82,7 +95,9 @@ class NewItems:
     """Items placed against one model object, as ``NewItemVectors`` keeps them."""
 
     def __init__(self, model: ServedModel, contexts: dict[str, dict[str, int]]) -> None:
-        self.model, self.folded = model, fold_in(model.scorer, contexts)
+        # Each context over as many events as it counted (one item before each).
+        placed = {item: ItemContext(sum(c.values()), c) for item, c in contexts.items()}
+        self.model, self.folded = model, fold_in(model.scorer, placed)
 
     def for_model(self, model: ServedModel) -> FoldedItems | None:
         return self.folded if model is self.model else None
@@ -244,6 +259,23 @@ async def test_items_the_version_does_not_know_are_ranked_with_the_catalogue() -
     # A table built against another version is not used with this one.
     other = recommender(served(version=2), features, new_items=new_items)
     assert {"n", "m"}.isdisjoint(i for i, _ in (await other.recommend("u", 8)).items)
+
+
+@pytest.mark.parametrize(
+    ("recent", "term"), [(["i3", "i2"], 1.0), (["i2", "i3"], 0.5), (["i2"], 0)]
+)
+async def test_a_new_item_gets_the_item_to_item_term_from_its_context(
+    recent: list[str], term: float
+) -> None:
+    model = served(term_weight=2.0)
+    features = FakeFeatures()
+    features.users["u"] = Features(recent=recent, seen=recent)
+    # n's one event came after i3: cosine 1 / √(4 · 1), weighed by i3's place in u's newest.
+    chain = recommender(model, features, new_items=NewItems(model, {"n": {"i3": 1}}))
+    scores = dict((await chain.recommend("u", 8)).items)
+    vector = model.user_scores(recent).vector
+    plain = float(model.scorer.weights.item_out[3] @ vector)  # n stands where i3 does
+    assert scores["n"] == pytest.approx(plain + 2.0 * np.log1p(term * 0.5), rel=1e-5)
 
 
 def test_similar_items_by_embedding() -> None:

@@ -76,6 +76,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from streamrec_shared.models.item_pooling import ItemContext
 from streamrec_shared.schemas.events import INTERACTION_WEIGHTS, EventType
 
 from inference.config import InferenceSettings
@@ -589,20 +590,22 @@ class FeatureStore:
         items = await self.redis.zrevrange(self.first_seen_key, 0, limit - 1)
         return [_text(item) for item in items]  # type: ignore[arg-type]  # without scores
 
-    async def item_contexts(self, items: Sequence[str]) -> dict[str, dict[str, int]]:
-        """The open contexts of ``items`` (one round trip): item → {item before it: count}.
-        Items without one (expired, or never opened) are left out."""
+    async def item_contexts(self, items: Sequence[str]) -> dict[str, ItemContext]:
+        """The open contexts of ``items`` (one round trip), over the events they counted (the
+        item's first ``new_item_context_events``). Items without one (expired, or never
+        opened) are left out."""
         if not items:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for item in items:
                 pipe.hgetall(self.context_key(item))
             replies = await pipe.execute()
-        contexts: dict[str, dict[str, int]] = {}
+        contexts: dict[str, ItemContext] = {}
         for item, stored in zip(items, replies, strict=True):
-            context = {_text(k): int(v) for k, v in stored.items() if _text(k)}
-            if context:
-                contexts[item] = context
+            fields = {_text(k): int(v) for k, v in stored.items()}
+            events = min(fields.pop("", 0), self.context_events)  # "" counts all its events
+            if fields:
+                contexts[item] = ItemContext(events, fields)
         return contexts
 
     async def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -44,6 +44,12 @@ from inference.config import InferenceSettings
 log = logging.getLogger(__name__)
 ARTIFACT_FILES = (MANIFEST, ITEMS, WEIGHTS)
 CACHED_VERSIONS = 3
+
+
+class UserScores(NamedTuple):
+    scores: npt.NDArray[np.float32]  # over the catalogue
+    vector: npt.NDArray[np.float32]  # the user's, in the model's output space
+    rows: list[int]  # their known history rows, newest first (for the item-to-item term)
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,12 @@ class ServedModel:
 
     def scores(self, recent: Sequence[str]) -> npt.NDArray[np.float32]:
         """One user's scores over the catalogue, from their recent items (newest first)."""
-        return self.user_scores(recent)[0]
+        return self.user_scores(recent).scores
 
-    def user_scores(
-        self, recent: Sequence[str]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """One user's scores over the catalogue (a copy, for the caller to mask) and their
-        vector (for items the version does not know), from their recent items (newest first).
+    def user_scores(self, recent: Sequence[str]) -> UserScores:
+        """One user's scores over the catalogue (a copy, for the caller to mask), their vector
+        and known history rows (for items the version does not know), from their recent items
+        (newest first).
 
         The same model as ``ItemPoolingScorer.user_vectors`` + ``scores`` with the history
         (tested against them), specialised for one user: the batch form pads, masks and
@@ -95,7 +100,7 @@ class ServedModel:
         get = self.scorer.rows.get
         rows = [row for row in map(get, recent[: self.history_length]) if row is not None]
         if not rows:
-            return self.prior.copy(), weights.projection_bias
+            return UserScores(self.prior.copy(), weights.projection_bias, rows)
         pooled = self.attention[len(rows), : len(rows)] @ weights.item_in[rows]
         user = (pooled @ weights.projection + weights.projection_bias).astype(
             np.float32, copy=False
@@ -104,7 +109,7 @@ class ServedModel:
             np.float32, copy=False
         )
         self.scorer.add_neighbor_term(scores, rows)
-        return scores, user
+        return UserScores(scores, user, rows)
 
 
 def _prepare(folder: Path, spec_id: str, version: int, digest: str) -> ServedModel:

@@ -208,7 +208,8 @@ class Recommender:
         tag: str | None,
         k: int,
     ) -> list[tuple[str, float]]:
-        scores, user_vector = model.user_scores(recent)
+        user = model.user_scores(recent)
+        scores = user.scores
         ids = model.scorer.weights.item_ids
         self._filter_out(scores, ids, model.scorer.rows, excluded, tag)
         known = len(ids)
@@ -216,7 +217,7 @@ class Recommender:
         new = self.new_items.for_model(model) if self.new_items is not None else None
         if new is not None and new.item_ids:
             # Items launched since the version, ranked with the catalogue as rows after it.
-            new_scores = new.scores(user_vector)
+            new_scores = new.scores(user.vector, user.rows)
             self._filter_out(new_scores, new.item_ids, new.rows, excluded, tag)
             scores = np.concatenate([scores, new_scores])
             new_ids = new.item_ids

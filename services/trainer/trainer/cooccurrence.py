@@ -86,9 +86,7 @@ class Cooccurrence:
         a, b = self.codes >> SHIFT, self.codes & LOW
         inside = (a < items) & (b < items)
         a, b, counts = a[inside], b[inside], self.counts[inside]
-        events = np.zeros(items, dtype=np.float64)
-        known = min(items, len(self.item_events))
-        events[:known] = self.item_events[:known]
+        events = self.events(items)
         cosine = counts / np.sqrt(np.maximum(events[a], 1.0) * np.maximum(events[b], 1.0))
         # By row, strongest first; then the first ``top`` of each row.
         order = np.lexsort((-cosine, a))
@@ -99,6 +97,14 @@ class Cooccurrence:
         indptr = np.zeros(items + 1, dtype=np.int64)
         np.cumsum(np.minimum(per_row, top), out=indptr[1:])
         return indptr, b[keep], cosine[keep].astype(np.float32)
+
+    def events(self, items: int) -> Counts:
+        """Events per item row below ``items`` (0 for a row never counted)."""
+        self._fold()
+        events = np.zeros(items, dtype=np.float64)
+        known = min(items, len(self.item_events))
+        events[:known] = self.item_events[:known]
+        return events
 
     def state(self) -> dict[str, npt.NDArray[Any]]:
         """The counts as arrays named ``PREFIX + name``, to store next to other state."""

@@ -645,6 +645,7 @@ class Learner:
             cooccurrence_weight=self.hp.cooccurrence_weight,
             cooccurrence_window=self.hp.cooccurrence_window,
             cooccurrence_decay=self.hp.cooccurrence_decay,
+            item_events=self.cooccurrence.events(len(self.item_ids)).astype(np.float32),
         )
 
     def evaluate(self, scorer: ItemPoolingScorer, limit: int) -> dict[str, float]:

@@ -19,6 +19,10 @@ their first users touched just before them, until a version trains them.
 Format 3 weighs the k-th newest of those items ``cooccurrence_decay^k`` in the sum (one-off runs
 of ``benchmarks/model_arms.PoolingArm`` on ML-100K, decay 0.8 against 1.0: HR@10 +0.001 to
 +0.003 over three seeds); format 2 artifacts have no decay (1.0) and score as before.
+
+Format 4 adds each item's event count as the term counted it (``item_events``), so that items
+the version does not know get the term too, from their contexts (:func:`fold_in`); format 3
+artifacts rank them by the embeddings alone, as before.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import numpy.typing as npt
 import orjson
 
 FAMILY = "item_pooling"
-ARTIFACT_FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+ARTIFACT_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 ITEMS = "items.json"
 WEIGHTS = "weights.npz"
@@ -47,7 +51,7 @@ Rows = npt.NDArray[np.int64]
 # padded against CSR + np.unique): 1,682 items 12 vs 56 µs, 16,000 36 vs 59, 32,000 62 vs 60.
 DENSE_SUM_FACTOR = 32
 PADDED_MAX_CELLS = 4_000_000
-_NEIGHBOR_ARRAYS = ("neighbor_indptr", "neighbor_rows", "neighbor_weights")
+_NEIGHBOR_ARRAYS = ("neighbor_indptr", "neighbor_rows", "neighbor_weights", "item_events")
 
 
 def _no_rows() -> Rows:
@@ -74,6 +78,8 @@ class ItemPoolingWeights:
     cooccurrence_weight: float = 0.0
     cooccurrence_window: int = 0
     cooccurrence_decay: float = 1.0  # format 3
+    # Events per item as the term counted them (format 4; empty: not known).
+    item_events: Floats = field(default_factory=_no_floats)
 
     @property
     def history_length(self) -> int:
@@ -111,6 +117,8 @@ class ItemPoolingWeights:
             arrays["neighbor_indptr"] = self.neighbor_indptr
             arrays["neighbor_rows"] = self.neighbor_rows
             arrays["neighbor_weights"] = self.neighbor_weights
+            if len(self.item_events):
+                arrays["item_events"] = self.item_events
         with (folder / WEIGHTS).open("wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
 
@@ -141,6 +149,8 @@ def load_weights(folder: Path) -> ItemPoolingWeights:
                 "cooccurrence_window": int(manifest["cooccurrence_window"]),
                 "cooccurrence_decay": float(manifest.get("cooccurrence_decay", 1.0)),
             }
+            if "item_events" in arrays.files:
+                neighbors["item_events"] = np.asarray(arrays["item_events"], dtype=np.float32)
         return ItemPoolingWeights(item_ids=list(item_ids), **dense, **neighbors)
 
 
@@ -173,7 +183,7 @@ class ItemPoolingScorer:
         self.weights = weights
         self.rows: dict[str, int] = {item: row for row, item in enumerate(weights.item_ids)}
         # What the term weighs the newest, second newest... history item by.
-        self._decay = weights.cooccurrence_decay ** np.arange(weights.cooccurrence_window)
+        self.decay = weights.cooccurrence_decay ** np.arange(weights.cooccurrence_window)
         self._padded = _padded_neighbors(weights)
 
     @property
@@ -210,7 +220,7 @@ class ItemPoolingScorer:
         if not weights.has_neighbors or len(rows) == 0:
             return
         newest = np.asarray(rows[: weights.cooccurrence_window], dtype=np.int64)
-        decay = self._decay[: len(newest)]
+        decay = self.decay[: len(newest)]
         if self._padded is not None:
             # A small catalogue: the newest rows' blocks at once, summed into a dense row (no
             # sort, no scatter; ``make bench-scoring``, one user at 1,682 items, session 9: 69 µs
@@ -226,10 +236,7 @@ class ItemPoolingScorer:
             return
         # A large one: the CSR slices of the newest rows, gathered at once, summed per item.
         indptr = weights.neighbor_indptr
-        starts, ends = indptr[newest], indptr[newest + 1]
-        lengths = ends - starts
-        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        picked = offsets + np.arange(int(lengths.sum()))
+        picked, lengths = _slices(indptr[newest], indptr[newest + 1])
         items, inverse = np.unique(weights.neighbor_rows[picked], return_inverse=True)
         summed = np.bincount(
             inverse, weights=weights.neighbor_weights[picked] * decay.repeat(lengths)
@@ -248,52 +255,103 @@ class ItemPoolingScorer:
         return scores
 
 
+def _slices(starts: Rows, ends: Rows) -> tuple[Rows, Rows]:
+    """The positions ``starts[i]:ends[i]`` of every slice, concatenated, and their lengths."""
+    lengths = ends - starts
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return offsets + np.arange(int(lengths.sum())), lengths
+
+
+@dataclass(frozen=True)
+class ItemContext:
+    """What an item's first users touched just before it: over ``events`` of its events, how
+    often each item was among the user's newest few (``before``)."""
+
+    events: int
+    before: Mapping[str, int]
+
+
 @dataclass(frozen=True, eq=False)  # identity: a table is one object, never compared by value
 class FoldedItems:
-    """Items a version does not know, placed in its output space (:func:`fold_in`)."""
+    """Items a version does not know, placed in its output space (:func:`fold_in`), with their
+    item-to-item term: ``pair_cosines`` between the known rows ``pair_rows`` (sorted) and the
+    items at ``pair_items`` (empty: no term)."""
 
     item_ids: list[str]
     vectors: Floats  # items × dim, like ``item_out``
     biases: Floats
+    pair_rows: Rows = field(default_factory=_no_rows)
+    pair_items: Rows = field(default_factory=_no_rows)
+    pair_cosines: Floats = field(default_factory=_no_floats)
+    cooccurrence_weight: float = 0.0
+    decay: Floats = field(default_factory=_no_floats)  # the term's weight per history position
     rows: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", {item: row for row, item in enumerate(self.item_ids)})
 
-    def scores(self, user_vector: Floats) -> Floats:
-        """One user's scores for these items (the model's dot product and bias, no term)."""
-        return (self.vectors @ user_vector + self.biases).astype(np.float32, copy=False)
+    def scores(self, user_vector: Floats, history_rows: Sequence[int] | Rows = ()) -> Floats:
+        """One user's scores for these items: the model's dot product and bias, and the term
+        from the user's known history rows (newest first), as the catalogue's items get it."""
+        scores = (self.vectors @ user_vector + self.biases).astype(np.float32, copy=False)
+        if len(self.pair_rows) == 0 or len(history_rows) == 0:
+            return scores
+        newest = np.asarray(history_rows[: len(self.decay)], dtype=np.int64)
+        picked, lengths = _slices(
+            np.searchsorted(self.pair_rows, newest, "left"),
+            np.searchsorted(self.pair_rows, newest, "right"),
+        )
+        weighted = self.pair_cosines[picked] * self.decay[: len(newest)].repeat(lengths)
+        summed = np.bincount(self.pair_items[picked], weighted, minlength=len(self.item_ids))
+        scores += (self.cooccurrence_weight * np.log1p(summed)).astype(np.float32)
+        return scores
 
 
-def fold_in(scorer: ItemPoolingScorer, contexts: Mapping[str, Mapping[str, int]]) -> FoldedItems:
+def fold_in(scorer: ItemPoolingScorer, contexts: Mapping[str, ItemContext]) -> FoldedItems:
     """Place items the version does not know from their contexts ("fold-in").
 
-    ``contexts`` maps an item to counts of the items its users touched just before it (each
-    user's newest few, per event). The item gets the count-weighted mean output vector and bias
-    of the known ones among them: it stands where its first users came from. A version cannot
-    rank an item it has not trained on; the synthetic drift stream, a version every 250 events,
-    in process: HR@10 0.544 → 0.597 with this (``benchmarks/model_arms.NewItems``). Items the
-    version knows, and contexts with no known item, are left out.
+    Each item gets the count-weighted mean output vector and bias of the known items in its
+    context: it stands where its first users came from. A version cannot rank an item it has not
+    trained on; the synthetic drift stream, a version every 250 events, in process: HR@10 0.544
+    → 0.597 with this (``benchmarks/model_arms.NewItems``). With the artifact's event counts
+    (format 4) it gets the item-to-item term too, its cosine with a known item h being
+    ``count(h before it) / √(events(h) · its events)``, as the trainer counts pairs: 0.597 →
+    0.608 (one-off runs, contexts of the first 10 events). Items the version knows, and contexts
+    with no known item, are left out.
     """
     weights = scorer.weights
+    with_term = weights.has_neighbors and len(weights.item_events) == len(weights.item_ids)
     ids: list[str] = []
     vectors: list[Floats] = []
     biases: list[float] = []
+    pairs: list[tuple[int, int, float]] = []  # (known row, new item's index, cosine)
     for item, context in contexts.items():
         if item in scorer.rows:
             continue
-        known = [(scorer.rows[h], n) for h, n in context.items() if h in scorer.rows and n > 0]
+        known = [(scorer.rows[h], n) for h, n in context.before.items() if h in scorer.rows]
+        known = [(row, n) for row, n in known if n > 0]
         if not known:
             continue
         rows = np.array([row for row, _ in known], dtype=np.int64)
-        share = np.array([count for _, count in known], dtype=np.float32)
-        share /= share.sum()
+        counts = np.array([count for _, count in known], dtype=np.float32)
+        if with_term:
+            events = np.maximum(weights.item_events[rows], 1.0) * max(context.events, 1)
+            cosines = counts / np.sqrt(events)
+            pairs += zip(rows.tolist(), [len(ids)] * len(rows), cosines.tolist(), strict=True)
+        share = counts / counts.sum()
         ids.append(item)
         vectors.append(share @ weights.item_out[rows])
         biases.append(float(share @ weights.item_bias[rows]))
     dim = weights.item_out.shape[1]
+    pairs.sort()
+    pair_rows, pair_items, pair_cosines = zip(*pairs, strict=True) if pairs else ((), (), ())
     return FoldedItems(
         ids,
         np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
         np.array(biases, dtype=np.float32),
+        pair_rows=np.array(pair_rows, dtype=np.int64),
+        pair_items=np.array(pair_items, dtype=np.int64),
+        pair_cosines=np.array(pair_cosines, dtype=np.float32),
+        cooccurrence_weight=weights.cooccurrence_weight if with_term else 0.0,
+        decay=scorer.decay if with_term else _no_floats(),
     )
