@@ -279,6 +279,24 @@ async def test_no_contexts_when_turned_off(redis: fakeredis.FakeAsyncRedis) -> N
     assert await store.newest_items(10) == ["b", "a"]
 
 
+async def test_first_seen_keeps_the_newest_items_only(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = FeatureStore(redis, settings(first_seen_max=3, new_items_max=2))
+    stream = Stream()
+    await store.apply(stream.batch(*(ev(i, T0 + n) for n, i in enumerate("abcd"))))
+    assert await store.newest_items(10) == ["d", "c", "b"]  # a: the oldest, dropped
+    await store.apply(stream.batch(ev("e", T0 + 10, user="v")))
+    assert await store.newest_items(10) == ["e", "d", "c"]
+    # An item dropped and seen again is taken for new: first seen now, its context reopened.
+    await store.apply(stream.batch(ev("a", T0 + 20, user="v")))
+    assert await store.newest_items(10) == ["a", "e", "d"]
+    assert await store.item_contexts(["a"]) == {"a": ItemContext(1, {"e": 1})}
+
+
+def test_first_seen_must_hold_the_new_items_read() -> None:
+    with pytest.raises(ValueError, match="first_seen_max"):
+        settings(first_seen_max=10, new_items_max=11)
+
+
 async def test_a_concurrent_writer_is_detected(store: FeatureStore) -> None:
     # Two writers read the same partition: the batch is applied by one of them only.
     stream = Stream()

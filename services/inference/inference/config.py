@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from streamrec_shared.settings import KafkaSettings, LogSettings, RedisSettings, TopicSettings
 
@@ -82,6 +83,14 @@ class InferenceSettings(BaseSettings):
     new_items_max: int = Field(
         default=1000, ge=1, le=100_000, description="The newest items considered for that."
     )
+    first_seen_max: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "Items the feature store remembers the first event of (items:first_seen), the newest;"
+            " an older one seen again is taken for new, and its context reopened."
+        ),
+    )
     new_items_refresh_s: float = Field(
         default=0.1,
         gt=0,
@@ -93,6 +102,13 @@ class InferenceSettings(BaseSettings):
     features_fetch_max_records: int = Field(default=1000, ge=1, le=100_000)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @model_validator(mode="after")
+    def _first_seen_holds_the_new_items(self) -> Self:
+        if self.first_seen_max < self.new_items_max:
+            raise ValueError("first_seen_max must be at least new_items_max")
+        return self
+
     topics: TopicSettings = Field(default_factory=TopicSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     log: LogSettings = Field(default_factory=LogSettings)

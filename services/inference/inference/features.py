@@ -10,7 +10,8 @@ Schema (``p`` is ``RedisSettings.key_prefix``):
 | ``{p}u:{user}:counts`` | HASH | event type → count, every known type (negatives too) |
 | ``{p}u:{user}:serving`` | STRING | ``recent`` and ``seen`` as the serving read wants them: each |
 | | | list joined by NUL, the two joined by SOH (``\\x01``); rewritten with them |
-| ``{p}items:first_seen`` | ZSET | item → its first positive event time (ms), every item |
+| ``{p}items:first_seen`` | ZSET | item → its first positive event time (ms), the newest |
+| | | ``first_seen_max`` items (an older one seen again counts as new) |
 | ``{p}i:{item}:context`` | HASH | a new item's context: item → how often it was among a user's |
 | | | newest ``new_item_context_items`` before one of the item's first |
 | | | ``new_item_context_events`` events; field ``""`` counts those events; |
@@ -135,9 +136,9 @@ end
 # landmark ('' for no rescale), [5] the pruning bound after a rescale, [6] the newest positive
 # event time ('' if none); then n, n × (offsets field, first offset, next offset); then prefix,
 # recent_items, max_seen_items, new_item_context_items, new_item_context_events (0: no
-# contexts), new_item_context_ttl_s; then m, m × (item, long increment, short increment, first
-# event ms); then per user: user, n, n items (oldest first), m, m × (item, event ms), c,
-# c × (event type, count).
+# contexts), new_item_context_ttl_s, first_seen_max; then m, m × (item, long increment, short
+# increment, first event ms); then per user: user, n, n items (oldest first), m,
+# m × (item, event ms), c, c × (event type, count).
 # Reply: {'ok'}, {'conflict', {field, stored, ...}} or {'landmark', stored landmark}.
 _APPLY_BATCH = (
     _SERVING_LUA
@@ -166,9 +167,9 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
 i = partitions + 3 * n
 local prefix, keep_recent, keep_seen = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
 local context_items, context_events = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-local context_ttl = ARGV[i + 5]
-local opened, counted = false, false
-i = i + 6
+local context_ttl, first_seen_max = ARGV[i + 5], tonumber(ARGV[i + 6])
+local first_seen, opened, counted = false, false, false
+i = i + 7
 n = tonumber(ARGV[i])
 i = i + 1
 for j = i, i + 4 * n - 1, 4 do
@@ -176,13 +177,18 @@ for j = i, i + 4 * n - 1, 4 do
     if ARGV[j + k] ~= '0.0' then redis.call('ZINCRBY', KEYS[3 + k], ARGV[j + k], ARGV[j]) end
   end
   -- NX: the first time this store sees the item, and only then, opens its context
-  if redis.call('ZADD', KEYS[6], 'NX', ARGV[j + 3], ARGV[j]) == 1 and context_events > 0 then
-    local context = prefix .. 'i:' .. ARGV[j] .. ':context'
-    redis.call('HSET', context, '', 0)
-    redis.call('EXPIRE', context, context_ttl)
-    opened = true
+  if redis.call('ZADD', KEYS[6], 'NX', ARGV[j + 3], ARGV[j]) == 1 then
+    first_seen = true
+    if context_events > 0 then
+      local context = prefix .. 'i:' .. ARGV[j] .. ':context'
+      redis.call('HSET', context, '', 0)
+      redis.call('EXPIRE', context, context_ttl)
+      opened = true
+    end
   end
 end
+-- the newest first_seen_max only: the set would otherwise grow with every item ever seen
+if first_seen then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -first_seen_max - 1) end
 i = i + 4 * n
 if ARGV[6] ~= '' then
   local clock = redis.call('GET', KEYS[3])
@@ -357,6 +363,7 @@ class FeatureStore:
         self.context_items = settings.new_item_context_items
         self.context_events = settings.new_item_context_events
         self.context_ttl_s = settings.new_item_context_ttl_s
+        self.first_seen_max = settings.first_seen_max
         self.landmark_key = f"{p}features:landmark"
         self.clock_key = f"{p}features:clock"
         self.offsets_key = f"{p}features:offsets"
@@ -406,6 +413,7 @@ class FeatureStore:
             self.context_items,
             self.context_events if self.context_items > 0 else 0,
             self.context_ttl_s,
+            self.first_seen_max,
         ]
         for _ in range(MAX_LANDMARK_ATTEMPTS):
             landmark = self._landmark
