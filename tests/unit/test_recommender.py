@@ -296,3 +296,10 @@ def test_a_new_item_answers_similar_from_its_placed_vector() -> None:
     assert similar[0] == ("i3", pytest.approx(1.0))  # n stands where i3 does
     assert chain.similar(model, "unknown", 2) is None
     assert chain.similar(served(version=2), "n", 2) is None  # not placed against that version
+    # And a known item's similar items include the new ones placed near it.
+    assert chain.similar(model, "i3", 1) == [("n", pytest.approx(1.0))]
+    chain.catalog.items = {"n": ItemIn(item_id="n", available=False)}
+    chain.catalog.version = 1
+    similar = chain.similar(model, "i3", 8)
+    assert similar is not None
+    assert "n" not in [i for i, _ in similar]

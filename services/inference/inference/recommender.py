@@ -249,24 +249,39 @@ class Recommender:
             scores[found[found >= 0]] = -np.inf
 
     def similar(self, model: ServedModel, item_id: str, k: int) -> list[tuple[str, float]] | None:
-        """The catalogue's items nearest ``item_id`` (cosine of output embeddings); an item
-        launched since the version answers from its placed vector. None: an item neither knows."""
+        """The items nearest ``item_id`` (cosine of output embeddings), items launched since
+        the version included, at their placed vectors; such an item answers from its own. None:
+        an item neither knows."""
+        new = self.new_items.for_model(model) if self.new_items is not None else None
         row = model.scorer.rows.get(item_id)
+        new_row = new.rows.get(item_id) if new is not None else None
         if row is not None:
-            similarity = model.normalized @ model.normalized[row]
-            similarity[row] = -np.inf
+            vector = model.normalized[row]
+        elif new is not None and new_row is not None:
+            vector = _unit(new.vectors[new_row])
         else:
-            new = self.new_items.for_model(model) if self.new_items is not None else None
-            new_row = new.rows.get(item_id) if new is not None else None
-            if new is None or new_row is None:
-                return None
-            vector = new.vectors[new_row]
-            similarity = model.normalized @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
-        unavailable = self.catalog.filtered_rows(model.scorer.weights.item_ids, None)
-        similarity[unavailable] = -np.inf
+            return None
+        similarity = model.normalized @ vector
+        ids = model.scorer.weights.item_ids
+        self._filter_out(similarity, ids, model.scorer.rows, [item_id], None)
+        known = len(ids)
+        new_ids: list[str] = []
+        if new is not None and new.item_ids:
+            placed = new.vectors / np.maximum(np.linalg.norm(new.vectors, axis=1), 1e-12)[:, None]
+            new_similarity = (placed @ vector).astype(np.float32)
+            self._filter_out(new_similarity, new.item_ids, new.rows, [item_id], None)
+            similarity = np.concatenate([similarity, new_similarity])
+            new_ids = new.item_ids
         k = min(k, int(np.isfinite(similarity).sum()))
         if k <= 0:
             return []
         top = top_k(similarity, k)
-        ids = model.scorer.weights.item_ids
-        return [(ids[r], float(similarity[r])) for r in top if np.isfinite(similarity[r])]
+        return [
+            (ids[r] if r < known else new_ids[r - known], float(similarity[r]))
+            for r in top.tolist()
+            if np.isfinite(similarity[r])
+        ]
+
+
+def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
