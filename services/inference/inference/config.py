@@ -102,13 +102,12 @@ class InferenceSettings(BaseSettings):
     features_fetch_max_records: int = Field(default=1000, ge=1, le=100_000)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
     def _first_seen_holds_the_new_items(self) -> Self:
         if self.first_seen_max < self.new_items_max:
             raise ValueError("first_seen_max must be at least new_items_max")
         return self
-
-    topics: TopicSettings = Field(default_factory=TopicSettings)
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-    log: LogSettings = Field(default_factory=LogSettings)

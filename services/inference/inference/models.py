@@ -112,12 +112,17 @@ class ServedModel:
         return UserScores(scores, user, rows)
 
 
+def unit_length(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``vectors`` (one, or one per row) scaled to unit length, for cosines."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    scaled: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return scaled
+
+
 def _prepare(folder: Path, spec_id: str, version: int, digest: str) -> ServedModel:
     """Load and warm (off the event loop): the first BLAS call of a new array is the slow one."""
     scorer = ItemPoolingScorer(load_weights(folder))
-    out = scorer.weights.item_out
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    normalized = (out / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalized = unit_length(scorer.weights.item_out)
     served = ServedModel(spec_id, version, digest, scorer, normalized, time.time())
     served.scores(scorer.weights.item_ids[:1])
     return served

@@ -34,7 +34,7 @@ from streamrec_shared.ranking import top_k
 from streamrec_shared.tasks import BackgroundTask
 
 from inference.catalog import ItemCatalog
-from inference.models import ModelHolder, ServedModel
+from inference.models import ModelHolder, ServedModel, unit_length
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Recommender:
         if row is not None:
             vector = model.normalized[row]
         elif new is not None and new_row is not None:
-            vector = _unit(new.vectors[new_row])
+            vector = unit_length(new.vectors[new_row])
         else:
             return None
         similarity = model.normalized @ vector
@@ -267,8 +267,7 @@ class Recommender:
         known = len(ids)
         new_ids: list[str] = []
         if new is not None and new.item_ids:
-            placed = new.vectors / np.maximum(np.linalg.norm(new.vectors, axis=1), 1e-12)[:, None]
-            new_similarity = (placed @ vector).astype(np.float32)
+            new_similarity = unit_length(new.vectors) @ vector
             self._filter_out(new_similarity, new.item_ids, new.rows, [item_id], None)
             similarity = np.concatenate([similarity, new_similarity])
             new_ids = new.item_ids
@@ -281,7 +280,3 @@ class Recommender:
             for r in top.tolist()
             if np.isfinite(similarity[r])
         ]
-
-
-def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
