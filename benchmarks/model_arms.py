@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from inference.config import InferenceSettings
 from streamrec_dev.evaluation.data import Interaction
 from streamrec_dev.evaluation.protocol import Recommender
 from streamrec_dev.evaluation.stack_arms import EVALUATION_HYPERPARAMETERS
@@ -40,6 +41,10 @@ from trainer.learner import Learner
 # The stack arms create their spec from the same dictionary.
 HYPERPARAMETERS = ItemPoolingHyperparameters(**EVALUATION_HYPERPARAMETERS)
 HISTORY_EPOCHS = 10
+# As inference keeps and uses new items' contexts by default.
+CONTEXT_EVENTS = InferenceSettings.model_fields["new_item_context_events"].default
+YOUNG_EVENTS = InferenceSettings.model_fields["young_item_events"].default
+YOUNG_ITEMS = InferenceSettings.model_fields["young_items_max"].default
 
 
 class NewItems:
@@ -47,30 +52,31 @@ class NewItems:
 
     A version knows only the items it trained on, so an item launched after it cannot be
     recommended until the next one, while the co-occurrence peer ranks it from its first event.
-    Here the contexts (each user's newest ``window`` items before an event on an unknown item)
-    are kept in memory, and :func:`fold_in` places the item from them, as inference does from the
-    contexts the feature updater keeps in Redis (which counts only an item's first 10 events:
-    the same HR@10 here, session 15). A version that knows the item replaces this with what it
-    trained.
+    Here the contexts (each user's newest ``window`` items before each of an item's first
+    ``CONTEXT_EVENTS`` events in the stream) are kept in memory, and :func:`fold_in` places the
+    items the version does not know from them, and gives the young ones it knows their live
+    term, as inference does from the contexts the feature updater keeps in Redis. A version that
+    knows the item replaces its placed vector with what it trained.
     """
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.context: dict[str, Counter[str]] = {}
         self.events: Counter[str] = Counter()
+        self.first_seen: dict[str, int] = {}  # item → its rank by first event in the stream
         self._ranked: tuple[ItemPoolingScorer, FoldedItems] | None = None
 
     def observe(self, item: str, before: Iterable[str], scorer: ItemPoolingScorer) -> None:
         """``before``: the user's items before this event, oldest first."""
-        if item in scorer.rows:
+        self.events[item] += 1
+        self.first_seen.setdefault(item, len(self.first_seen))
+        if self.events[item] > CONTEXT_EVENTS:
             return
         self.context.setdefault(item, Counter()).update(list(before)[-self.window :])
-        self.events[item] += 1
-        self._ranked = None
-
-    def forget_known(self, scorer: ItemPoolingScorer) -> None:
-        self.context = {item: c for item, c in self.context.items() if item not in scorer.rows}
-        self.events = Counter({item: self.events[item] for item in self.context})
+        row = scorer.rows.get(item)
+        events = scorer.weights.item_events
+        if row is None or (len(events) > row and events[row] < YOUNG_EVENTS):
+            self._ranked = None  # a context the table uses changed
 
     def scores(
         self,
@@ -89,11 +95,13 @@ class NewItems:
     def folded(self, scorer: ItemPoolingScorer) -> FoldedItems:
         """The unknown items with a known context, placed against ``scorer``'s version."""
         if self._ranked is None or self._ranked[0] is not scorer:
+            newest = len(self.first_seen) - YOUNG_ITEMS  # the young: among the newest only
             contexts = {
-                item: ItemContext(self.events[item], before)
+                item: ItemContext(min(self.events[item], CONTEXT_EVENTS), before)
                 for item, before in self.context.items()
+                if item not in scorer.rows or self.first_seen[item] >= newest
             }
-            self._ranked = (scorer, fold_in(scorer, contexts))
+            self._ranked = (scorer, fold_in(scorer, contexts, YOUNG_EVENTS))
         return self._ranked[1]
 
 
@@ -144,6 +152,8 @@ class PoolingArm:
         rows = scorer.history_rows([history])
         user_vectors = scorer.user_vectors(rows)
         scores = scorer.scores(user_vectors, rows)[0]
+        if self.new_items is not None:
+            self.new_items.folded(scorer).young_term.add(scores, rows[0][rows[0] >= 0])
         excluded = [scorer.rows[item] for item in exclude if item in scorer.rows]
         scores[excluded] = -np.inf
         ids = scorer.weights.item_ids
@@ -170,8 +180,6 @@ class PoolingArm:
         if self.seen % self.retrain_every == 0:
             self.learner.train_pending(flush=True)
             self.scorer = ItemPoolingScorer(self.learner.candidate())
-            if self.new_items is not None:
-                self.new_items.forget_known(self.scorer)
 
 
 MODEL_ARMS: dict[str, Callable[[], Recommender]] = {

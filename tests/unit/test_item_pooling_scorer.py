@@ -360,7 +360,7 @@ def test_a_new_item_stands_where_its_users_came_from(weights: ItemPoolingWeights
     expected = (2 * weights.item_out[a] + weights.item_out[b]) / 3
     np.testing.assert_allclose(folded.vectors[0], expected, rtol=1e-6)
     assert folded.biases[0] == pytest.approx((2 * weights.item_bias[a] + weights.item_bias[b]) / 3)
-    assert len(folded.pair_rows) == 0  # no term without neighbors and event counts
+    assert len(folded.term) == 0  # no term without neighbors and event counts
     user = np.array([0.5, -1.0, 2.0], dtype=np.float32)
     plain = float(expected @ user) + folded.biases[0]
     assert folded.scores(user, [a, b])[0] == pytest.approx(plain, rel=1e-6)
@@ -427,3 +427,23 @@ def test_a_format_2_artifact_still_loads_and_scores_without_decay(
         scorer.scores(scorer.user_vectors(history), history),
         expected.scores(expected.user_vectors(history), history),
     )
+
+
+@pytest.mark.parametrize("young_events", [0.0, 2.0, 4.0, 10.0])
+def test_young_items_the_version_knows_get_their_contexts_term(
+    weights: ItemPoolingWeights, young_events: float
+) -> None:
+    # The version counted a 4, b 1, c 2 events: young below ``young_events``.
+    with_term = with_neighbors(weights, decay=0.5, item_events=[4, 1, 2, 9, 9])
+    scorer = ItemPoolingScorer(with_term)
+    contexts = {"c": ItemContext(3, {"a": 3, "b": 1}), "d": ItemContext(1, {"a": 1})}
+    folded = fold_in(scorer, contexts, young_events)
+    assert folded.item_ids == []  # every item known: nothing placed
+    scores = np.zeros(len(ITEMS), dtype=np.float32)
+    folded.young_term.add(scores, [0, 1])  # a newest, then b
+    expected = np.zeros(len(ITEMS))
+    if young_events > 2:  # c: cosines with a 3 / √(4 · 3), with b 1 / √(1 · 3), b second
+        expected[2] = 2.0 * np.log1p(3 / np.sqrt(12) + 0.5 / np.sqrt(3))
+    if young_events > 9:  # d: with a 1 / √(4 · 1)
+        expected[3] = 2.0 * np.log1p(1 / np.sqrt(4))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)

@@ -100,3 +100,49 @@ async def test_only_the_newest_items_are_considered(store: FeatureStore) -> None
     folded = vectors.for_model(model)
     assert folded is not None
     assert sorted(folded.item_ids) == ["n1", "n2"]
+
+
+async def test_young_items_the_version_knows_are_read_with_the_new_ones(
+    store: FeatureStore,
+) -> None:
+    model = served(term_weight=2.0)  # each item counted 4 times
+    vectors = NewItemVectors(
+        store,
+        Holder(model),
+        CollectorRegistry(),
+        max_items=10,
+        refresh_s=1.0,
+        young_events=5,
+        young_items=2,
+    )
+    stream = Stream()
+    await store.apply(stream.batch(ev("i3", T0, user="a"), ev("i1", T0 + 1, user="a")))
+    assert await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    assert folded.item_ids == []  # both known
+    assert list(folded.young_term.targets) == [1]  # i1, from its context: i3 before it
+    # Its context grows: it is reread, though no item was first seen.
+    await store.apply(stream.batch(ev("i2", T0 + 2, user="b"), ev("i1", T0 + 3, user="b")))
+    assert await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    assert sorted(folded.young_term.rows.tolist()) == [2, 3]
+    # Young only among the newest items (2 here): i5 and i4 now, no longer i1.
+    await store.apply(stream.batch(ev("i4", T0 + 4, user="c"), ev("i5", T0 + 5, user="c")))
+    assert await vectors.refresh()
+    folded = vectors.for_model(model)
+    assert folded is not None
+    assert list(folded.young_term.targets) == [5]  # i5, from i4 before it
+    # Young only below the threshold: not at all with 4 (the version counted 4 of each).
+    counted = NewItemVectors(
+        store,
+        Holder(model),
+        CollectorRegistry(),
+        max_items=10,
+        refresh_s=1.0,
+        young_events=4,
+        young_items=2,
+    )
+    assert await counted.refresh()
+    assert len(counted.for_model(model).young_term) == 0  # type: ignore[union-attr]

@@ -50,7 +50,6 @@ def test_a_version_that_knows_the_item_replaces_the_fold_in(scorer: ItemPoolingS
     new_items.observe("y", ["b"], scorer)
     assert new_items.folded(scorer).item_ids == ["x", "y"]
     newer = ItemPoolingScorer(make_weights(items=["a", "b", "c", "d", "e", "x"]))
-    new_items.forget_known(newer)
     assert new_items.folded(newer).item_ids == ["y"]
 
 

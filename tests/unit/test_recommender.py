@@ -278,6 +278,25 @@ async def test_a_new_item_gets_the_item_to_item_term_from_its_context(
     assert scores["n"] == pytest.approx(plain + 2.0 * np.log1p(term * 0.5), rel=1e-5)
 
 
+async def test_a_young_item_the_version_knows_gets_the_term_from_its_context() -> None:
+    model = served(term_weight=2.0)  # each item counted 4 times
+    features = FakeFeatures()
+    features.users["u"] = Features(recent=["i3"], seen=["i3"])
+    before = dict((await recommender(model, features).recommend("u", 8)).items)
+    placed = {"i1": ItemContext(1, {"i3": 1})}  # i1's one event came after i3
+    young = NewItems(model, {})
+    young.folded = fold_in(model.scorer, placed, young_events=5)
+    scores = dict((await recommender(model, features, new_items=young).recommend("u", 8)).items)
+    assert scores["i1"] == pytest.approx(before["i1"] + 2.0 * np.log1p(1 / np.sqrt(4)), rel=1e-5)
+    assert {item: score for item, score in scores.items() if item != "i1"} == {
+        item: pytest.approx(score) for item, score in before.items() if item != "i1"
+    }
+    # Counted enough (4 events against a threshold of 4): its version's score alone.
+    young.folded = fold_in(model.scorer, placed, young_events=4)
+    scores = dict((await recommender(model, features, new_items=young).recommend("u", 8)).items)
+    assert scores["i1"] == pytest.approx(before["i1"])
+
+
 def test_similar_items_by_embedding() -> None:
     model = served()
     chain = recommender(model, FakeFeatures())

@@ -83,6 +83,17 @@ class InferenceSettings(BaseSettings):
     new_items_max: int = Field(
         default=1000, ge=1, le=100_000, description="The newest items considered for that."
     )
+    young_item_events: int = Field(
+        default=20,
+        ge=0,
+        description=(
+            "Items the served version counted fewer events of get the term from their context"
+            " on top of their score (0: only items it does not know use contexts)."
+        ),
+    )
+    young_items_max: int = Field(
+        default=100, ge=0, le=10_000, description="The newest items considered young, at most."
+    )
     first_seen_max: int = Field(
         default=100_000,
         ge=1,

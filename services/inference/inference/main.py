@@ -44,7 +44,13 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         store = FeatureStore(redis, settings)
         features = CoalescedUserReads(store, registry, settings.feature_timeout_s)
         new_items = NewItemVectors(
-            store, holder, registry, settings.new_items_max, settings.new_items_refresh_s
+            store,
+            holder,
+            registry,
+            settings.new_items_max,
+            settings.new_items_refresh_s,
+            settings.young_item_events,
+            settings.young_items_max,
         )
         catalog = ItemCatalog(redis, settings.redis.key_prefix)
         recommender = Recommender(

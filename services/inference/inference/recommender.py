@@ -210,11 +210,13 @@ class Recommender:
     ) -> list[tuple[str, float]]:
         user = model.user_scores(recent)
         scores = user.scores
+        new = self.new_items.for_model(model) if self.new_items is not None else None
+        if new is not None:
+            new.young_term.add(scores, user.rows)  # young items' live pairs
         ids = model.scorer.weights.item_ids
         self._filter_out(scores, ids, model.scorer.rows, excluded, tag)
         known = len(ids)
         new_ids: list[str] = []
-        new = self.new_items.for_model(model) if self.new_items is not None else None
         if new is not None and new.item_ids:
             # Items launched since the version, ranked with the catalogue as rows after it.
             new_scores = new.scores(user.vector, user.rows)
