@@ -102,19 +102,23 @@ async def test_only_the_newest_items_are_considered(store: FeatureStore) -> None
     assert sorted(folded.item_ids) == ["n1", "n2"]
 
 
-async def test_young_items_the_version_knows_are_read_with_the_new_ones(
-    store: FeatureStore,
-) -> None:
-    model = served(term_weight=2.0)  # each item counted 4 times
-    vectors = NewItemVectors(
+def young_vectors(store: FeatureStore, model: ServedModel, young_events: int) -> NewItemVectors:
+    return NewItemVectors(
         store,
         Holder(model),
         CollectorRegistry(),
         max_items=10,
         refresh_s=1.0,
-        young_events=5,
+        young_events=young_events,
         young_items=2,
     )
+
+
+async def test_young_items_the_version_knows_are_read_with_the_new_ones(
+    store: FeatureStore,
+) -> None:
+    model = served(term_weight=2.0)  # each item counted 4 times
+    vectors = young_vectors(store, model, young_events=5)
     stream = Stream()
     await store.apply(stream.batch(ev("i3", T0, user="a"), ev("i1", T0 + 1, user="a")))
     assert await vectors.refresh()
@@ -135,14 +139,6 @@ async def test_young_items_the_version_knows_are_read_with_the_new_ones(
     assert folded is not None
     assert list(folded.young_term.targets) == [5]  # i5, from i4 before it
     # Young only below the threshold: not at all with 4 (the version counted 4 of each).
-    counted = NewItemVectors(
-        store,
-        Holder(model),
-        CollectorRegistry(),
-        max_items=10,
-        refresh_s=1.0,
-        young_events=4,
-        young_items=2,
-    )
+    counted = young_vectors(store, model, young_events=4)
     assert await counted.refresh()
     assert len(counted.for_model(model).young_term) == 0  # type: ignore[union-attr]
