@@ -73,9 +73,7 @@ class NewItems:
         if self.events[item] > CONTEXT_EVENTS:
             return
         self.context.setdefault(item, Counter()).update(list(before)[-self.window :])
-        row = scorer.rows.get(item)
-        events = scorer.weights.item_events
-        if row is None or (len(events) > row and events[row] < YOUNG_EVENTS):
+        if scorer.needs_context(item, YOUNG_EVENTS):
             self._ranked = None  # a context the table uses changed
 
     def scores(

@@ -108,7 +108,9 @@ class NewItemVectors:
             self._placed = [
                 item
                 for rank, item in enumerate(newest)
-                if self._needs_context(model, item, young=rank < self.young_items)
+                if model.scorer.needs_context(
+                    item, self.young_events if rank < self.young_items else 0
+                )
             ]
         elif built[2] == counted or not self._placed:
             # Nothing new, or only contexts of items this version knows (most of the time).
@@ -124,10 +126,3 @@ class NewItemVectors:
         self._built_from = (model, opened, counted)
         self.ranked.set(len(folded.item_ids))
         return True
-
-    def _needs_context(self, model: ServedModel, item: str, young: bool) -> bool:
-        row = model.scorer.rows.get(item)
-        if row is None:
-            return True
-        events = model.scorer.weights.item_events
-        return young and len(events) > row and events[row] < self.young_events

@@ -190,6 +190,15 @@ class ItemPoolingScorer:
     def item_count(self) -> int:
         return len(self.weights.item_ids)
 
+    def needs_context(self, item: str, young_events: float) -> bool:
+        """Whether :func:`fold_in` uses ``item``'s context: the version does not know it, or
+        counted fewer than ``young_events`` of its events (and has the counts, format 4)."""
+        row = self.rows.get(item)
+        if row is None:
+            return True
+        events = self.weights.item_events
+        return self.weights.has_neighbors and len(events) > row and events[row] < young_events
+
     def history_rows(self, histories: Sequence[Sequence[str]]) -> Rows:
         """Item ids (newest first) to a padded row matrix; unknown items are skipped (-1)."""
         length = self.weights.history_length
@@ -352,9 +361,9 @@ def fold_in(
     pairs: list[tuple[int, int, float]] = []  # (known row, new item's index, cosine)
     young: list[tuple[int, int, float]] = []  # (known row, young item's row, cosine)
     for item, context in contexts.items():
-        own_row = scorer.rows.get(item)
-        if own_row is not None and not (with_term and weights.item_events[own_row] < young_events):
+        if not scorer.needs_context(item, young_events):
             continue
+        own_row = scorer.rows.get(item)
         known = [(scorer.rows[h], n) for h, n in context.before.items() if h in scorer.rows]
         known = [(row, n) for row, n in known if n > 0]
         if not known:
