@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -34,11 +35,30 @@ class ServerError(RuntimeError):
     """A server could not be installed, started or reached."""
 
 
+# Servers listen on ports below the kernel's ephemeral range (32768-60999 on Linux), where the
+# local ends of outgoing connections cannot land on a port between `free_port` and the bind.
+_PORT_RANGE = range(20000, 32000)
+# Ports handed out by this process: a port is free until its server binds it, which may be
+# much later (a fixture builds several servers before it starts them), so the same free port
+# must not go to two of them.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on and this process has not handed out yet."""
+    rng = random.Random()  # noqa: S311 (not for secrets)
+    for _ in range(1000):
+        port = rng.choice(_PORT_RANGE)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise ServerError(f"no free port in {_PORT_RANGE.start}-{_PORT_RANGE.stop - 1}")
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
@@ -47,6 +67,48 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """The socket inodes listening on ``port`` (any address), or None without Linux's /proc."""
+    inodes: set[str] = set()
+    found_table = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found_table = True
+        for line in lines:
+            fields = line.split()
+            # local_address is ADDR:PORT in hex; state 0A is LISTEN; field 9 is the inode.
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if found_table else None
+
+
+def _session_listens_on(session_id: int, port: int) -> bool | None:
+    """Whether a process of session ``session_id`` holds the socket listening on ``port``.
+
+    None when this cannot be told (no /proc). Servers start in a session of their own, so the
+    session takes in whatever they fork (PostgreSQL's backends, a shell's children).
+    """
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(proc.name)) != session_id:
+                continue
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    return True
+        except OSError:  # gone, or not ours to read
+            continue
+    return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -140,11 +202,28 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.healthy():
+                self._check_owns_port()
                 return
             if not self.running():
                 raise ServerError(f"{self.name} exited during start-up; see {self.log_file}")
             time.sleep(0.1)
         raise ServerError(f"{self.name} not healthy after {timeout:.0f}s; see {self.log_file}")
+
+    def _check_owns_port(self) -> None:
+        """Raise unless the answer came from this server, not another process on its port.
+
+        A server that lost its port to another (in a race between choosing the port and binding
+        it) exits, but another server of ours may answer the health check meanwhile: without
+        this check the caller would talk to the wrong server.
+        """
+        pid = self.pid()
+        if pid is None:
+            raise ServerError(f"{self.name} exited during start-up; see {self.log_file}")
+        if _session_listens_on(pid, self.port) is False:
+            raise ServerError(
+                f"{self.name}: port {self.port} answers, but not from this server (pid {pid}); "
+                f"another process holds it; see {self.log_file}"
+            )
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop gracefully (SIGTERM), then forcefully; return True when something was stopped."""

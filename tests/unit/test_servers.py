@@ -1,6 +1,20 @@
 from __future__ import annotations
 
-from streamrec_dev.servers import _kafka_cluster_id
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from streamrec_dev.servers import (
+    ManagedProcess,
+    ServerError,
+    _kafka_cluster_id,
+    _session_listens_on,
+    free_port,
+)
 
 
 def test_kafka_cluster_ids_never_look_like_options() -> None:
@@ -8,3 +22,49 @@ def test_kafka_cluster_ids_never_look_like_options() -> None:
     ids = {_kafka_cluster_id() for _ in range(5000)}
     assert len(ids) == 5000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    # Below the kernel's ephemeral range, where outgoing connections take their local ports.
+    assert all(20000 <= port < 32000 for port in ports)
+
+
+def test_a_listener_is_told_apart_by_its_session(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert _session_listens_on(os.getsid(0), port) is True
+        assert _session_listens_on(os.getpid() + 1_000_000, port) is False
+    assert _session_listens_on(os.getsid(0), port) is False
+
+
+@dataclass
+class _Sleeper(ManagedProcess):
+    """A child that never binds its port, while the test process takes the port meanwhile."""
+
+    foreign: socket.socket | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def prepare(self) -> None:
+        # After start()'s "port taken" check and before the child binds: the race it loses.
+        self.foreign = socket.socket()
+        self.foreign.bind(("127.0.0.1", self.port))
+        self.foreign.listen()
+
+
+def test_a_server_whose_port_another_process_answers_on_fails_fast(tmp_path: Path) -> None:
+    server = _Sleeper(name="sleeper", home=tmp_path, port=free_port())
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerError, match="not from this server"):
+            server.start(timeout=30)
+    finally:
+        if server.foreign is not None:
+            server.foreign.close()
+    assert time.monotonic() - started < 10
+    assert not server.running()  # the child was stopped, not leaked
