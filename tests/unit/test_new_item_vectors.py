@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import fakeredis
 import numpy as np
@@ -11,7 +11,7 @@ from inference.features import FeatureStore
 from inference.models import ServedModel
 from inference.new_items import NewItemVectors
 from prometheus_client import CollectorRegistry
-from streamrec_shared.models.item_pooling import ItemPoolingScorer
+from streamrec_shared.models.item_pooling import ItemContext, ItemPoolingScorer
 
 from tests.unit.test_features import T0, Stream, ev, settings
 from tests.unit.test_recommender import Holder, served
@@ -142,3 +142,46 @@ async def test_young_items_the_version_knows_are_read_with_the_new_ones(
     counted = young_vectors(store, model, young_events=4)
     assert await counted.refresh()
     assert len(counted.for_model(model).young_term) == 0  # type: ignore[union-attr]
+
+
+async def test_closed_contexts_are_not_read_again() -> None:
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    store = FeatureStore(redis, settings(recent_items=5, new_item_context_events=2))
+    reads: list[list[str]] = []
+    read_contexts = store.item_contexts
+
+    async def counting_reads(items: Sequence[str]) -> dict[str, ItemContext]:
+        reads.append(list(items))
+        return await read_contexts(items)
+
+    store.item_contexts = counting_reads  # type: ignore[method-assign]
+    model = served()
+    vectors = NewItemVectors(store, Holder(model), CollectorRegistry(), max_items=10, refresh_s=1)
+    stream = Stream()
+    out = model.scorer.weights.item_out
+    await store.apply(stream.batch(ev("i2", T0, user="a"), ev("n", T0 + 1, user="a")))
+    assert await vectors.refresh()
+    await store.apply(stream.batch(ev("i3", T0 + 2, user="b"), ev("n", T0 + 3, user="b")))
+    assert await vectors.refresh()  # n's second event: its context is closed now
+    np.testing.assert_allclose(vectors.for_model(model).vectors[0], (out[2] + out[3]) / 2)  # type: ignore[union-attr]
+    assert reads[-1] == ["n"]
+    # A third user: the updater counts no more pairs for n, and n is not read again.
+    await store.apply(stream.batch(ev("i1", T0 + 4, user="c"), ev("n", T0 + 5, user="c")))
+    # Another context moves (o is new and open): only o is read, and the table is rebuilt.
+    await store.apply(stream.batch(ev("i1", T0 + 6, user="d"), ev("o", T0 + 7, user="d")))
+    assert await vectors.refresh()
+    assert reads[-1] == ["o"]
+    folded = vectors.for_model(model)
+    assert folded is not None
+    assert sorted(folded.item_ids) == ["n", "o"]
+    np.testing.assert_allclose(folded.vectors[folded.rows["n"]], (out[2] + out[3]) / 2)
+    # o's context moves: o alone is read again.
+    await store.apply(stream.batch(ev("i3", T0 + 8, user="e"), ev("o", T0 + 9, user="e")))
+    assert await vectors.refresh()
+    assert reads[-1] == ["o"]
+    np.testing.assert_allclose(folded.vectors[folded.rows["o"]], out[1])
+    np.testing.assert_allclose(
+        vectors.for_model(model).vectors[folded.rows["o"]],  # type: ignore[union-attr]
+        (out[1] + out[3]) / 2,
+    )
+    await redis.aclose()

@@ -35,6 +35,7 @@ from streamrec_shared.models.item_pooling import (
     WEIGHTS,
     ItemPoolingScorer,
     load_weights,
+    unit_length,
 )
 from streamrec_shared.schemas.control import ModelPublished, decode_control
 from streamrec_shared.tasks import BackgroundTask
@@ -110,13 +111,6 @@ class ServedModel:
         )
         self.scorer.add_neighbor_term(scores, rows)
         return UserScores(scores, user, rows)
-
-
-def unit_length(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """``vectors`` (one, or one per row) scaled to unit length, for cosines."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    scaled: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return scaled
 
 
 def _prepare(folder: Path, spec_id: str, version: int, digest: str) -> ServedModel:

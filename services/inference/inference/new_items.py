@@ -12,9 +12,10 @@ items the version knows (among the newest ``young_items``, it counted fewer than
 
 The work is off the request path: the task polls two counters the updater bumps (a context
 opened, a context added to), rereads the newest items when one was opened or the model was
-swapped, their contexts when those may have changed, and a request only reads the table it
-finds. Contexts of items the version knows and counted enough of change often and cost nothing
-here.
+swapped, and the placed items' contexts that are still open (within their item's first events)
+when any context was added to; it rebuilds the table only when one of those changed, and a
+request only reads the table it finds. Contexts of items the version knows and counted enough of
+change often and cost nothing here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
 from redis.exceptions import RedisError
-from streamrec_shared.models.item_pooling import FoldedItems, fold_in
+from streamrec_shared.models.item_pooling import FoldedItems, ItemContext, fold_in
 from streamrec_shared.tasks import BackgroundTask
 
 from inference.features import FeatureStore
@@ -69,6 +70,10 @@ class NewItemVectors:
         self._built_from: tuple[ServedModel, int, int] | None = None
         # The newest items that model does not know, or counted fewer than young_events of.
         self._placed: list[str] = []
+        # Their contexts as last read. A context is closed once its item had the first
+        # `context_events` events (the updater counts no more pairs into it) and is not read
+        # again: only open ones are, at each change of any context.
+        self._contexts: dict[str, ItemContext] = {}
         self._task = BackgroundTask("new-item-vectors", self._follow)
 
     def start(self) -> None:
@@ -116,7 +121,11 @@ class NewItemVectors:
             # Nothing new, or only contexts of items this version knows (most of the time).
             self._built_from = (model, opened, counted)
             return False
-        contexts = await self.store.item_contexts(self._placed)
+        if not await self._reread_open_contexts() and built is not None and built[0] is model:
+            # Only contexts that no placed item has, or closed ones: the table holds.
+            self._built_from = (model, opened, counted)
+            return False
+        contexts = {item: self._contexts[item] for item in self._placed if item in self._contexts}
         folded = (
             await asyncio.to_thread(fold_in, model.scorer, contexts, self.young_events)
             if contexts
@@ -126,3 +135,28 @@ class NewItemVectors:
         self._built_from = (model, opened, counted)
         self.ranked.set(len(folded.item_ids))
         return True
+
+    async def _reread_open_contexts(self) -> bool:
+        """Read the placed items' contexts that may have changed; True if any did (or an item
+        joined or left the placed ones)."""
+        placed = set(self._placed)
+        left = self._contexts.keys() - placed
+        for item in left:
+            del self._contexts[item]
+        cap = self.store.context_events
+        unread = [
+            item
+            for item in self._placed
+            if item not in self._contexts or self._contexts[item].events < cap
+        ]
+        fresh = await self.store.item_contexts(unread)
+        changed = bool(left)
+        for item in unread:
+            context = fresh.get(item)
+            if context != self._contexts.get(item):
+                changed = True
+                if context is None:  # expired
+                    del self._contexts[item]
+                else:
+                    self._contexts[item] = context
+        return changed

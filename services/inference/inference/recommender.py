@@ -34,7 +34,7 @@ from streamrec_shared.ranking import top_k
 from streamrec_shared.tasks import BackgroundTask
 
 from inference.catalog import ItemCatalog
-from inference.models import ModelHolder, ServedModel, unit_length
+from inference.models import ModelHolder, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class Recommender:
         if row is not None:
             vector = model.normalized[row]
         elif new is not None and new_row is not None:
-            vector = unit_length(new.vectors[new_row])
+            vector = new.normalized[new_row]
         else:
             return None
         similarity = model.normalized @ vector
@@ -269,7 +269,7 @@ class Recommender:
         known = len(ids)
         new_ids: list[str] = []
         if new is not None and new.item_ids:
-            new_similarity = unit_length(new.vectors) @ vector
+            new_similarity = new.normalized @ vector
             self._filter_out(new_similarity, new.item_ids, new.rows, [item_id], None)
             similarity = np.concatenate([similarity, new_similarity])
             new_ids = new.item_ids

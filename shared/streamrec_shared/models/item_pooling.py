@@ -27,8 +27,11 @@ artifacts rank them by the embeddings alone, as before.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +274,13 @@ def _slices(starts: Rows, ends: Rows) -> tuple[Rows, Rows]:
     return offsets + np.arange(int(lengths.sum())), lengths
 
 
+def unit_length(vectors: Floats) -> Floats:
+    """``vectors`` (one, or one per row) scaled to unit length, for cosines."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    scaled: Floats = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return scaled
+
+
 @dataclass(frozen=True)
 class ItemContext:
     """What an item's first users touched just before it: over ``events`` of its events, how
@@ -326,6 +336,11 @@ class FoldedItems:
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", {item: row for row, item in enumerate(self.item_ids)})
 
+    @functools.cached_property
+    def normalized(self) -> Floats:
+        """The vectors at unit length (similar items), once per table."""
+        return unit_length(self.vectors)
+
     def scores(self, user_vector: Floats, history_rows: Sequence[int] | Rows = ()) -> Floats:
         """One user's scores for these items: the model's dot product and bias, and the term
         from the user's known history rows (newest first), as the catalogue's items get it."""
@@ -355,55 +370,69 @@ def fold_in(
     """
     weights = scorer.weights
     with_term = weights.has_neighbors and len(weights.item_events) == len(weights.item_ids)
-    ids: list[str] = []
-    vectors: list[Floats] = []
-    biases: list[float] = []
-    pairs: list[tuple[int, int, float]] = []  # (known row, new item's index, cosine)
-    young: list[tuple[int, int, float]] = []  # (known row, young item's row, cosine)
-    for item, context in contexts.items():
-        if not scorer.needs_context(item, young_events):
-            continue
-        own_row = scorer.rows.get(item)
-        known = [(scorer.rows[h], n) for h, n in context.before.items() if h in scorer.rows]
-        known = [(row, n) for row, n in known if n > 0]
-        if not known:
-            continue
-        rows = np.array([row for row, _ in known], dtype=np.int64)
-        counts = np.array([count for _, count in known], dtype=np.float32)
-        if with_term:
-            events = np.maximum(weights.item_events[rows], 1.0) * max(context.events, 1)
-            cosines = counts / np.sqrt(events)
-            target = len(ids) if own_row is None else own_row
-            (pairs if own_row is None else young).extend(
-                zip(rows.tolist(), [target] * len(rows), cosines.tolist(), strict=True)
-            )
-        if own_row is not None:
-            continue
-        share = counts / counts.sum()
-        ids.append(item)
-        vectors.append(share @ weights.item_out[rows])
-        biases.append(float(share @ weights.item_bias[rows]))
+    # The contexts that count (a young item's only for the term), then every pair of them in
+    # flat arrays: item by item, 200 contexts of 60 known items each took 20 ms, and inference
+    # redoes it at every change of a context (one-off timing, session 17).
+    chosen = [
+        (item, context)
+        for item, context in contexts.items()
+        if scorer.needs_context(item, young_events) and (with_term or item not in scorer.rows)
+    ]
+    befores = [context.before for _, context in chosen]
+    total = sum(map(len, befores))
+    # map and chain iterate in C (a fifth faster than a generator expression here).
+    names = chain.from_iterable(befores)
+    rows = np.fromiter(map(scorer.rows.get, names, repeat(-1)), np.int64, total)
+    counts = np.fromiter(chain.from_iterable(b.values() for b in befores), np.float32, total)
+    owner = np.repeat(np.arange(len(chosen)), [len(b) for b in befores])
+    known = (rows >= 0) & (counts > 0)
+    rows, counts, owner = rows[known], counts[known], owner[known]
+    # Contexts with no known item are left out; the rest are renumbered.
+    kept = np.bincount(owner, minlength=len(chosen)) > 0
+    owner = (np.cumsum(kept) - 1)[owner]
+    chosen = [pair for pair, keep in zip(chosen, kept.tolist(), strict=True) if keep]
+    own_rows = np.array([scorer.rows.get(item, -1) for item, _ in chosen], dtype=np.int64)
+    is_new = own_rows < 0
+    ids = [item for item, _ in chosen if item not in scorer.rows]
+    # A new item stands at the count-weighted mean of its known items' output vectors and biases.
+    new_pair = is_new[owner]
+    segment = (np.cumsum(is_new) - 1)[owner[new_pair]]  # its index among the new items
+    new_rows, new_counts = rows[new_pair], counts[new_pair]
+    share = new_counts / np.bincount(segment, new_counts)[segment]
     dim = weights.item_out.shape[1]
-    return FoldedItems(
-        ids,
-        np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
-        np.array(biases, dtype=np.float32),
-        term=_pair_term(pairs, len(ids), scorer),
-        young_term=_pair_term(young, scorer.item_count, scorer),
+    vectors = np.zeros((len(ids), dim), dtype=np.float32)
+    if ids:
+        starts = np.flatnonzero(np.diff(segment, prepend=-1))
+        vectors = np.add.reduceat(share[:, None] * weights.item_out[new_rows], starts, axis=0)
+    biases = np.bincount(segment, share * weights.item_bias[new_rows], minlength=len(ids))
+    folded = FoldedItems(ids, vectors.astype(np.float32), biases.astype(np.float32))
+    if not with_term or not chosen:
+        return folded
+    events = np.array([context.events for _, context in chosen], dtype=np.float32)
+    cosines = counts / np.sqrt(
+        np.maximum(weights.item_events[rows], 1.0) * np.maximum(events, 1.0)[owner]
+    )
+    # A new item's pairs point at its index among the new items, a young item's at its row.
+    targets = np.where(is_new, np.cumsum(is_new) - 1, own_rows)[owner]
+    return dataclasses.replace(
+        folded,
+        term=_pair_term(rows[new_pair], targets[new_pair], cosines[new_pair], len(ids), scorer),
+        young_term=_pair_term(
+            rows[~new_pair], targets[~new_pair], cosines[~new_pair], scorer.item_count, scorer
+        ),
     )
 
 
 def _pair_term(
-    pairs: list[tuple[int, int, float]], size: int, scorer: ItemPoolingScorer
+    rows: Rows, targets: Rows, cosines: Floats, size: int, scorer: ItemPoolingScorer
 ) -> PairTerm:
-    if not pairs:
+    if len(rows) == 0:
         return PairTerm()
-    pairs.sort()
-    rows, targets, cosines = zip(*pairs, strict=True)
+    order = np.lexsort((targets, rows))  # by row, for PairTerm.add's binary search
     return PairTerm(
-        np.array(rows, dtype=np.int64),
-        np.array(targets, dtype=np.int64),
-        np.array(cosines, dtype=np.float32),
+        rows[order],
+        targets[order],
+        cosines[order],
         size,
         scorer.weights.cooccurrence_weight,
         scorer.decay,
