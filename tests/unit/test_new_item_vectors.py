@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 
 import fakeredis
 import numpy as np
@@ -148,13 +148,13 @@ async def test_closed_contexts_are_not_read_again() -> None:
     redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     store = FeatureStore(redis, settings(recent_items=5, new_item_context_events=2))
     reads: list[list[str]] = []
-    read_contexts = store.item_contexts
+    read_contexts = store.changed_contexts
 
-    async def counting_reads(items: Sequence[str]) -> dict[str, ItemContext]:
-        reads.append(list(items))
-        return await read_contexts(items)
+    async def counting_reads(held: Mapping[str, int]) -> dict[str, ItemContext | None]:
+        reads.append(list(held))
+        return await read_contexts(held)
 
-    store.item_contexts = counting_reads  # type: ignore[method-assign]
+    store.changed_contexts = counting_reads  # type: ignore[method-assign]
     model = served()
     vectors = NewItemVectors(store, Holder(model), CollectorRegistry(), max_items=10, refresh_s=1)
     stream = Stream()
@@ -185,3 +185,21 @@ async def test_closed_contexts_are_not_read_again() -> None:
         (out[1] + out[3]) / 2,
     )
     await redis.aclose()
+
+
+async def test_only_contexts_that_changed_are_sent(store: FeatureStore) -> None:
+    stream = Stream()
+    await store.apply(stream.batch(ev("i2", T0, user="a"), ev("n", T0 + 1, user="a")))
+    await store.apply(stream.batch(ev("i3", T0 + 2, user="b"), ev("o", T0 + 3, user="b")))
+    first = await store.changed_contexts({"n": -1, "o": -1, "never-seen": -1})
+    assert first == {
+        "n": ItemContext(1, {"i2": 1}),
+        "o": ItemContext(1, {"i3": 1}),
+        "never-seen": None,
+    }
+    assert await store.changed_contexts({"n": 1, "o": 1}) == {}
+    await store.apply(stream.batch(ev("i1", T0 + 4, user="c"), ev("o", T0 + 5, user="c")))
+    assert await store.changed_contexts({"n": 1, "o": 1}) == {
+        "o": ItemContext(2, {"i3": 1, "i1": 1})
+    }
+    assert await store.item_contexts(["n", "never-seen"]) == {"n": ItemContext(1, {"i2": 1})}

@@ -144,19 +144,16 @@ class NewItemVectors:
         for item in left:
             del self._contexts[item]
         cap = self.store.context_events
-        unread = [
-            item
+        held = {
+            item: self._contexts[item].events if item in self._contexts else -1
             for item in self._placed
             if item not in self._contexts or self._contexts[item].events < cap
-        ]
-        fresh = await self.store.item_contexts(unread)
+        }
         changed = bool(left)
-        for item in unread:
-            context = fresh.get(item)
-            if context != self._contexts.get(item):
+        for item, context in (await self.store.changed_contexts(held)).items():
+            if context is not None:
+                self._contexts[item] = context
                 changed = True
-                if context is None:  # expired
-                    del self._contexts[item]
-                else:
-                    self._contexts[item] = context
+            elif self._contexts.pop(item, None) is not None:  # expired
+                changed = True
         return changed
