@@ -68,3 +68,24 @@ def test_a_server_whose_port_another_process_answers_on_fails_fast(tmp_path: Pat
             server.foreign.close()
     assert time.monotonic() - started < 10
     assert not server.running()  # the child was stopped, not leaked
+
+
+@dataclass
+class _Portless(ManagedProcess):
+    """A process that serves no port (port 0), healthy while it runs, like the demo stream."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def healthy(self) -> bool:
+        return self.running()
+
+
+def test_a_process_without_a_port_starts_on_its_own_check(tmp_path: Path) -> None:
+    server = _Portless(name="portless", home=tmp_path, port=0)
+    try:
+        assert server.start(timeout=10)
+        assert server.running()
+    finally:
+        server.stop()
+    assert not server.running()
