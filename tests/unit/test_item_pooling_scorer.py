@@ -447,3 +447,25 @@ def test_young_items_the_version_knows_get_their_contexts_term(
     if young_events > 9:  # d: with a 1 / √(4 · 1)
         expected[3] = 2.0 * np.log1p(1 / np.sqrt(4))
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_a_pair_term_adds_the_decayed_log_sum_to_its_targets_only() -> None:
+    rng = np.random.default_rng(3)
+    size, pairs = 50, 200
+    rows_, targets = rng.integers(0, 30, pairs), rng.integers(0, size, pairs)
+    cosines = rng.random(pairs).astype(np.float32)
+    order = np.lexsort((targets, rows_))
+    decay = 0.8 ** np.arange(4)
+    term = item_pooling.PairTerm(
+        rows_[order], targets[order], cosines[order], size, 2.0, decay.astype(np.float32)
+    )
+    history = [int(r) for r in rng.choice(30, 6, replace=False)]
+    expected = np.zeros(size)
+    for position, row in enumerate(history[:4]):
+        for pair in np.flatnonzero(rows_ == row):
+            expected[targets[pair]] += decay[position] * cosines[pair]
+    expected = 2.0 * np.log1p(expected)
+    scores = np.zeros(size, dtype=np.float32)
+    term.add(scores, history)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-7)
+    assert set(np.flatnonzero(scores)) <= set(targets.tolist())

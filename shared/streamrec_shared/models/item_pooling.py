@@ -301,6 +301,16 @@ class PairTerm:
     size: int = 0
     weight: float = 0.0
     decay: Floats = field(default_factory=_no_floats)  # the weight per history position
+    # The distinct targets, and each pair's index among them: the sum runs over those only, not
+    # over all ``size`` (100 young items of 100 pairs each, per request: 25 -> 22 µs in a
+    # catalogue of 1,682 items, 292 -> 21 µs in one of 100,000; one-off timing, session 17).
+    distinct: Rows = field(init=False, repr=False)
+    slot: Rows = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        distinct, slot = np.unique(self.targets, return_inverse=True)
+        object.__setattr__(self, "distinct", distinct)
+        object.__setattr__(self, "slot", slot.reshape(-1))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -316,8 +326,8 @@ class PairTerm:
             np.searchsorted(self.rows, newest, "right"),
         )
         weighted = self.cosines[picked] * self.decay[: len(newest)].repeat(lengths)
-        summed = np.bincount(self.targets[picked], weighted, minlength=self.size)
-        scores += (self.weight * np.log1p(summed)).astype(np.float32)
+        summed = np.bincount(self.slot[picked], weighted, minlength=len(self.distinct))
+        scores[self.distinct] += (self.weight * np.log1p(summed)).astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)  # identity: a table is one object, never compared by value
