@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import fakeredis
@@ -46,6 +46,12 @@ def settings(**overrides: object) -> InferenceSettings:
         **overrides,
     }
     return InferenceSettings.model_validate(values)
+
+
+async def contexts_of(store: FeatureStore, items: Sequence[str]) -> dict[str, ItemContext]:
+    """The contexts of ``items`` as read from nothing held; items without one are left out."""
+    read = await store.changed_contexts(dict.fromkeys(items, -1))
+    return {item: context for item, context in read.items() if context is not None}
 
 
 @pytest.fixture
@@ -229,7 +235,7 @@ async def test_apply_is_atomic_with_its_position(
     assert features.recent == ["c", "b", "a"]
     assert features.counts == {"click": 3}
     # New items' contexts too: counted once, though the batch was sent three times.
-    assert await store.item_contexts(["b", "c"]) == {
+    assert await contexts_of(store, ["b", "c"]) == {
         "b": ItemContext(1, {"a": 1}),
         "c": ItemContext(1, {"b": 1, "a": 1}),
     }
@@ -246,13 +252,13 @@ async def test_a_new_items_context_counts_its_users_newest_items_in_its_first_ev
     stream = Stream()
     # One batch: u1's items in order, so x's context is u1's newest two before it.
     await store.apply(stream.batch(*(ev(i, T0 + n, user="u1") for n, i in enumerate("abcx"))))
-    assert await store.item_contexts(["a", "b", "c", "x"]) == {
+    assert await contexts_of(store, ["a", "b", "c", "x"]) == {
         "b": ItemContext(1, {"a": 1}),
         "c": ItemContext(1, {"b": 1, "a": 1}),
         "x": ItemContext(1, {"c": 1, "b": 1}),
     }  # a: u1's first event, nothing before it
     await store.apply(stream.batch(ev("b", T0 + 10, user="u2"), ev("x", T0 + 11, user="u2")))
-    assert (await store.item_contexts(["x"]))["x"] == ItemContext(2, {"c": 1, "b": 2})
+    assert (await contexts_of(store, ["x"]))["x"] == ItemContext(2, {"c": 1, "b": 2})
     changed = await store.context_changes()
     assert changed[0] > 0  # contexts opened (a, b, c, x)
     assert changed[1] > 0  # and added to
@@ -260,20 +266,20 @@ async def test_a_new_items_context_counts_its_users_newest_items_in_its_first_ev
     await store.apply(stream.batch(ev("a", T0 + 20, user="u3"), ev("x", T0 + 21, user="u3")))
     await store.apply(stream.batch(ev("x", T0 + 30, "dislike", user="u4")))
     # Its events as counted in the context: the first two, though x had three.
-    assert (await store.item_contexts(["x"]))["x"] == ItemContext(2, {"c": 1, "b": 2})
+    assert (await contexts_of(store, ["x"]))["x"] == ItemContext(2, {"c": 1, "b": 2})
     assert await store.context_changes() == changed  # nothing changed: no signal
     assert await store.newest_items(3) == ["x", "c", "b"]
     assert 0 < await redis.ttl(store.context_key("x")) <= 86_400
     # Only an item's first event opens its context: once expired, it is not reopened.
     await redis.delete(store.context_key("x"))
     await store.apply(stream.batch(ev("c", T0 + 40, user="u5"), ev("x", T0 + 41, user="u5")))
-    assert await store.item_contexts(["x", "unknown"]) == {}
+    assert await contexts_of(store, ["x", "unknown"]) == {}
 
 
 async def test_no_contexts_when_turned_off(redis: fakeredis.FakeAsyncRedis) -> None:
     store = FeatureStore(redis, settings(new_item_context_items=0))
     await store.apply(Stream().batch(ev("a", T0), ev("b", T0 + 1)))
-    assert await store.item_contexts(["a", "b"]) == {}
+    assert await contexts_of(store, ["a", "b"]) == {}
     assert await redis.keys("t:i:*") == []
     assert await store.context_changes() == (0, 0)
     assert await store.newest_items(10) == ["b", "a"]
@@ -289,7 +295,7 @@ async def test_first_seen_keeps_the_newest_items_only(redis: fakeredis.FakeAsync
     # An item dropped and seen again is taken for new: first seen now, its context reopened.
     await store.apply(stream.batch(ev("a", T0 + 20, user="v")))
     assert await store.newest_items(10) == ["a", "e", "d"]
-    assert await store.item_contexts(["a"]) == {"a": ItemContext(1, {"e": 1})}
+    assert await contexts_of(store, ["a"]) == {"a": ItemContext(1, {"e": 1})}
 
 
 def test_first_seen_must_hold_the_new_items_read() -> None:

@@ -457,7 +457,7 @@ def test_a_pair_term_adds_the_decayed_log_sum_to_its_targets_only() -> None:
     order = np.lexsort((targets, rows_))
     decay = 0.8 ** np.arange(4)
     term = item_pooling.PairTerm(
-        rows_[order], targets[order], cosines[order], size, 2.0, decay.astype(np.float32)
+        rows_[order], targets[order], cosines[order], 2.0, decay.astype(np.float32)
     )
     history = [int(r) for r in rng.choice(30, 6, replace=False)]
     expected = np.zeros(size)

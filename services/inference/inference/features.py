@@ -118,7 +118,8 @@ return {top, long, redis.call('MGET', KEYS[3], KEYS[4])}
 # Item contexts (KEYS) that changed since they had the event counts in ARGV (-1: never read):
 # per key 0 when there is no context, 1 when its count is unchanged, else all its fields. Only
 # the changed ones travel: inference rereads the open contexts of a hundred items at every change
-# of any context, which as HGETALLs cost it as much CPU as answering 100 requests/s (session 17).
+# of any context, which as HGETALLs took 0.8 of the CPU that answering 100 requests/s took
+# (py-spy profile of `benchmarks/inference_latency.py --skip-100k`, session 17).
 _CONTEXTS_READ = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -618,17 +619,11 @@ class FeatureStore:
         items = await self.redis.zrevrange(self.first_seen_key, 0, limit - 1)
         return [_text(item) for item in items]  # type: ignore[arg-type]  # without scores
 
-    async def item_contexts(self, items: Sequence[str]) -> dict[str, ItemContext]:
-        """The contexts of ``items`` (one round trip), over the events they counted (the
-        item's first ``new_item_context_events``). Items without one (expired, never opened, or
-        no pairs yet) are left out."""
-        contexts = await self.changed_contexts(dict.fromkeys(items, -1))
-        return {item: context for item, context in contexts.items() if context is not None}
-
     async def changed_contexts(self, held: Mapping[str, int]) -> dict[str, ItemContext | None]:
         """The contexts of ``held``'s items whose event count is no longer the one given (-1:
-        never read), in one script call: the context, or None where there is none (expired,
-        never opened, or no pairs yet). Unchanged ones are left out and not sent."""
+        never read), in one script call, over the events they counted (the item's first
+        ``new_item_context_events``): the context, or None where there is none (expired, never
+        opened, or no pairs yet). Unchanged ones are left out and not sent."""
         if not held:
             return {}
         items = list(held)
