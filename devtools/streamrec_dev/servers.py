@@ -202,30 +202,29 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.healthy():
-                self._check_owns_port()
-                return
+                if self._holds_port():
+                    return
+                raise ServerError(
+                    f"{self.name}: port {self.port} answers, but not from this server; another "
+                    f"process holds it; see {self.log_file}"
+                )
             if not self.running():
                 raise ServerError(f"{self.name} exited during start-up; see {self.log_file}")
             time.sleep(0.1)
         raise ServerError(f"{self.name} not healthy after {timeout:.0f}s; see {self.log_file}")
 
-    def _check_owns_port(self) -> None:
-        """Raise unless the answer came from this server, not another process on its port.
+    def _holds_port(self) -> bool:
+        """Whether the health answer came from this server, not another process on its port.
 
         A server that lost its port to another (in a race between choosing the port and binding
         it) exits, but another server of ours may answer the health check meanwhile: without
-        this check the caller would talk to the wrong server.
+        this check the caller would talk to the wrong server. A process that serves no port
+        (port 0) is judged by its own health check alone; without /proc nothing is checked.
         """
+        if self.port == 0:
+            return True
         pid = self.pid()
-        if pid is None:
-            raise ServerError(f"{self.name} exited during start-up; see {self.log_file}")
-        if self.port == 0:  # serves no port (a client process): its own check decides
-            return
-        if _session_listens_on(pid, self.port) is False:
-            raise ServerError(
-                f"{self.name}: port {self.port} answers, but not from this server (pid {pid}); "
-                f"another process holds it; see {self.log_file}"
-            )
+        return pid is not None and _session_listens_on(pid, self.port) is not False
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop gracefully (SIGTERM), then forcefully; return True when something was stopped."""
