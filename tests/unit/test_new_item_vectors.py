@@ -13,7 +13,7 @@ from inference.new_items import NewItemVectors
 from prometheus_client import CollectorRegistry
 from streamrec_shared.models.item_pooling import ItemContext, ItemPoolingScorer
 
-from tests.unit.test_features import T0, Stream, contexts_of, ev, settings
+from tests.unit.test_features import T0, Stream, ev, settings
 from tests.unit.test_recommender import Holder, served
 
 
@@ -202,4 +202,3 @@ async def test_only_contexts_that_changed_are_sent(store: FeatureStore) -> None:
     assert await store.changed_contexts({"n": 1, "o": 1}) == {
         "o": ItemContext(2, {"i3": 1, "i1": 1})
     }
-    assert await contexts_of(store, ["n", "never-seen"]) == {"n": ItemContext(1, {"i2": 1})}
