@@ -122,9 +122,9 @@ def main() -> int:
     if BASELINE not in arms:
         arms = {BASELINE: PEERS[BASELINE], **arms}
     if not options.no_model_arms:
-        from benchmarks.model_arms import MODEL_ARMS
+        from benchmarks.model_arms import model_arms
 
-        arms = {**arms, **MODEL_ARMS}
+        arms = {**arms, **model_arms()}
     stack_names = [] if options.stack_arms == "none" else options.stack_arms.split(",")
     unknown = [name for name in stack_names if name not in STACK_ARMS]
     if unknown:

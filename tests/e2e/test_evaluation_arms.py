@@ -67,6 +67,19 @@ def test_frozen_arms_keep_their_one_version(results: dict[str, EvaluationResult]
         assert results[name].extra["model_versions"] == {"1": results[name].scored}, name
 
 
+def test_frozen_arms_serve_the_version_arm_5_started_from(
+    results: dict[str, EvaluationResult],
+) -> None:
+    incremental = results["incremental"].extra
+    for name in ("frozen", "frozen-fresh-features"):
+        extra = results[name].extra
+        assert extra["trainer_group"] == incremental["trainer_group"], name
+        assert extra["runs"] == incremental["runs"][:1], name  # its batch run, not the follow
+        assert extra["versions_published"] == 1, name
+    assert results["periodic-retrain"].extra["trainer_group"] != incremental["trainer_group"]
+    assert set(incremental["cpu_s"]) == {"inference", "trainer"}
+
+
 def test_the_learning_arms_publish_while_evaluated(results: dict[str, EvaluationResult]) -> None:
     incremental = results["incremental"].extra
     assert len(incremental["model_versions"]) >= 2, incremental

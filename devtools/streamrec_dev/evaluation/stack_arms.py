@@ -12,10 +12,12 @@ and one Redis):
   deployment without a feature pipeline serves);
 - one trainer per trainer group, with its own control topic (a trainer acts on every
   ``train_requested`` of its topic, so groups never share one), registry and artifact folder,
-  all reading the shared ``events``;
+  all reading the shared ``events``: ``product`` trains the batch version on the history (v1)
+  and then, when arm 5 is run, follows the stream; ``periodic-retrain`` retrains from scratch;
 - one inference process per arm: the Redis prefix of its features, its group's control topic
   and registry, the spec it serves (the popularity arms serve one that never gets a model, so
-  every answer is inference's popularity fallback) and, for the frozen arms, version 1 pinned.
+  every answer is inference's popularity fallback) and, for the frozen arms, version 1 pinned:
+  the very version arm 5 starts from, so that arms 4 and 5 differ only by the follow run.
 
 The replay (``HttpFeed``) posts the history, then for each evaluated interaction waits once for
 the fresh updater to have applied the user's last event, asks every arm's inference at once, and
@@ -23,12 +25,12 @@ posts the event; ``evaluate_shared`` scores each arm on its own answers.
 
 | arm | trainer group | model | features while evaluated |
 |---|---|---|---|
-| ``popularity-history`` | ``frozen`` | none (popularity fallback) | frozen |
-| ``popularity-online`` | ``frozen`` | none (popularity fallback) | fresh |
-| ``frozen`` | ``frozen`` | one batch run on the history: v1 | frozen |
-| ``frozen-fresh-features`` | ``frozen`` | the same v1 | fresh |
-| ``incremental`` (the product) | ``incremental`` | v1, then a follow run warm from it | fresh |
-| ``periodic-retrain`` | ``periodic-retrain`` | v1, then a full retrain every 5 % | fresh |
+| ``popularity-history`` | ``product`` | none (popularity fallback) | frozen |
+| ``popularity-online`` | ``product`` | none (popularity fallback) | fresh |
+| ``frozen`` | ``product`` | one batch run on the history: v1, pinned | frozen |
+| ``frozen-fresh-features`` | ``product`` | the same v1, pinned | fresh |
+| ``incremental`` (the product) | ``product`` | v1, then a follow run warm from it | fresh |
+| ``periodic-retrain`` | ``periodic-retrain`` | its own v1, then a full retrain every 5 % | fresh |
 
 The follow run of ``incremental`` starts at the beginning of ``events`` warm from v1, so that it
 rebuilds users' recent items and its replay sample from the history (a published version carries
@@ -37,8 +39,9 @@ evaluating. ``periodic-retrain`` requests a batch run from scratch over everythi
 boundary and keeps replaying while it trains (a retrain still running at the next boundary makes
 that boundary skip, and says so).
 
-CPU: each result's ``cpu_s`` holds the processes used by that arm alone (its inference, and its
-trainer when no other arm shares it); ``shared_cpu_s``, the same in every result, the others.
+CPU: each result's ``cpu_s`` holds the processes used by that arm alone: its inference, and for
+the arms whose trainer keeps learning (5 and 6) that trainer (arm 5's also trained the batch
+version the frozen arms serve); ``shared_cpu_s``, the same in every result, the others.
 """
 
 from __future__ import annotations
@@ -121,12 +124,16 @@ class StackArm:
 
     @property
     def group(self) -> str:
-        """The trainer group: arms whose trainer does the same work share it."""
-        if self.follows:
-            return "incremental"
-        if self.retrain_windows:
-            return "periodic-retrain"
-        return "frozen"
+        """The trainer group. Arms 1–5 share one: the frozen arms pin the batch version that
+        arm 5's follow run starts from (one batch run fewer: 83 of the ML-100K run's trainer
+        CPU s in session 17), the popularity arms need a trainer that never trains their spec.
+        Full retrains publish versions of their own, so arm 6 has its own trainer."""
+        return "periodic-retrain" if self.retrain_windows else "product"
+
+    @property
+    def learns(self) -> bool:
+        """Its trainer keeps training after the batch version (its CPU is then the arm's)."""
+        return self.follows or self.retrain_windows > 0
 
     @property
     def spec_id(self) -> str:
@@ -135,7 +142,7 @@ class StackArm:
     @property
     def pinned_version(self) -> int | None:
         """The frozen arms serve the batch version and nothing else."""
-        return 1 if self.trains and self.group == "frozen" else None
+        return 1 if self.trains and not self.learns else None
 
 
 STACK_ARMS: dict[str, StackArm] = {
@@ -600,10 +607,10 @@ class SharedStack:
         own: dict[str, dict[str, float]] = {}
         for arm in self.inference:
             own[arm.arm.name] = {"inference": used(arm.server)}
-            if len(arm.group.arms) == 1:
+            if arm.arm.learns:  # the batch version is a small part of what its trainer did
                 own[arm.arm.name]["trainer"] = used(arm.group.server)
         for group in self.groups.values():
-            if len(group.arms) > 1:
+            if not any(arm.learns for arm in group.arms):
                 shared[group.server.name] = used(group.server)
         return own, shared
 
@@ -611,12 +618,18 @@ class SharedStack:
         """What the stack did for ``arm`` (its ``extra`` next to the replay's figures)."""
         group = arm.group
         log = group.log if arm.arm.trains else GroupLog()
+        published = group.latest_version(arm.arm.spec_id)
+        rejections = group.rejections(arm.arm.spec_id)
+        pinned = arm.arm.pinned_version
+        if pinned is not None:  # what the frozen arm could serve, not what arm 5 published
+            log = GroupLog(history_batch_s=log.history_batch_s, runs=log.runs[:1])
+            published, rejections = min(published, pinned), 0
         return {
             "arm_summary": arm.arm.summary,
             "trainer_group": group.name,
             "features": "fresh" if arm.arm.fresh_features else "frozen",
-            "versions_published": group.latest_version(arm.arm.spec_id),
-            "rejections": group.rejections(arm.arm.spec_id),
+            "versions_published": published,
+            "rejections": rejections,
             **log.as_dict(),
         }
 
