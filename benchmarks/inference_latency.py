@@ -1505,6 +1505,21 @@ def find_row(rows: list[dict[str, Any]], target: str, rate: float) -> dict[str, 
     return next((r for r in rows if r["target"] == target and r["offered_rps"] == rate), None)
 
 
+def saturation_bracket(catalogue: dict[str, Any], target: str, steps: str) -> dict[str, Any]:
+    """Highest passing and lowest failing offered rate of ``target``: every window counts, the
+    latency rates as well as the saturation steps (``catalogue["saturation"][steps]``)."""
+    windows = [r for r in catalogue["latency"] if r["target"] == target]
+    windows += (catalogue["saturation"].get(steps) or {}).get("steps", [])
+    passed = [r["offered_rps"] for r in windows if r["passes"]]
+    failed = [r["offered_rps"] for r in windows if not r["passes"]]
+    highest = max(passed, default=None)
+    return {
+        "highest_passing_rps": highest,
+        "lowest_failing_rps": min((f for f in failed if f > (highest or 0.0)), default=None),
+        "criterion": f"p99 <= {SATURATION_P99_MS:.0f} ms and errors+timeouts < 0.1 %",
+    }
+
+
 def verdicts(results: dict[str, Any]) -> dict[str, Any]:
     a = results["catalogue_a"]
     at500 = find_row(a["latency"], "inference a", 500.0)
@@ -1518,19 +1533,14 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
             and at500["p50_ms"] <= TARGETS["a_500_p50_ms"]
             and at500["p99_ms"] <= TARGETS["a_500_p99_ms"]
         )
-    # Every inference window counts: the latency rates as well as the saturation steps.
-    windows = [r for r in a["latency"] if r["target"] == "inference a"]
-    windows += a["saturation"]["inference"]["steps"]
-    passed = [r["offered_rps"] for r in windows if r["passes"]]
-    failed = [r["offered_rps"] for r in windows if not r["passes"]]
-    sat = max(passed, default=0.0)
-    out["saturation_rps"] = sat
-    out["saturation_bracket"] = {
-        "highest_passing_rps": sat if passed else None,
-        "lowest_failing_rps": min((f for f in failed if f > sat), default=None),
-        "criterion": f"p99 <= {SATURATION_P99_MS:.0f} ms and errors+timeouts < 0.1 %",
-    }
+    out["saturation_bracket"] = saturation_bracket(a, "inference a", "inference")
+    sat = out["saturation_rps"] = out["saturation_bracket"]["highest_passing_rps"] or 0.0
     out["meets_saturation"] = sat >= TARGETS["saturation_rps"]
+    # The baseline the same way: its saturation steps start where inference's did, so alone
+    # they say nothing when the trivial endpoint fails the first one.
+    out["trivial_saturation_bracket"] = saturation_bracket(
+        a, "trivial endpoint", "trivial_endpoint"
+    )
     if "catalogue_b" in results:
         at200 = find_row(results["catalogue_b"]["latency"], "inference b", 200.0)
         if at200:

@@ -88,14 +88,20 @@ def inference(data: dict[str, Any]) -> list[str]:
     verdicts = data.get("verdicts") or {}
     service_sat = verdicts.get("saturation_rps", saturation["inference"].get("saturation_rps"))
     failing = (verdicts.get("saturation_bracket") or {}).get("lowest_failing_rps")
-    trivial_sat = (saturation.get("trivial_endpoint") or {}).get("saturation_rps")
+    trivial_bracket = verdicts.get("trivial_saturation_bracket") or {}
+    trivial_sat = trivial_bracket.get(
+        "highest_passing_rps", (saturation.get("trivial_endpoint") or {}).get("saturation_rps")
+    )
+    trivial_failing = trivial_bracket.get("lowest_failing_rps")
     wrk = data["catalogue_a"]["wrk_closed_loop"]
     lines += [
         "",
         f"Open-loop saturation ({saturation['inference'].get('criterion', '')}): "
         f"{service_sat or 0:,.0f} req/s"
         + (f", {failing:,.0f} fails" if failing else "")
-        + f" (trivial endpoint {trivial_sat or 0:,.0f}); closed loop "
+        + f" (trivial endpoint {trivial_sat or 0:,.0f}"
+        + (f", {trivial_failing:,.0f} fails" if trivial_failing else "")
+        + "); closed loop "
         f"(wrk): {wrk['inference']['requests_per_s']:,.0f} req/s vs the trivial endpoint's "
         f"{wrk['trivial']['requests_per_s']:,.0f} "
         f"({_ratio(wrk['inference']['requests_per_s'], wrk['trivial']['requests_per_s'])}).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.inference_latency import saturation_bracket
 from benchmarks.report import build, gateway, inference, quiet_freshness, trainer
 
 
@@ -65,6 +66,39 @@ def test_saturation_is_the_benchmarks_verdict_over_every_window() -> None:
     }
     text = "\n".join(inference(data))
     assert "p99 <= 50 ms): 1,000 req/s, 1,500 fails (trivial endpoint 4,000)" in text
+
+
+def test_the_trivial_endpoints_saturation_counts_its_latency_windows_too() -> None:
+    """Its saturation steps start where inference's did: when it fails the first one, the
+    latency windows it passed still bound it (the report said "trivial endpoint 0")."""
+
+    def passing(target: str, rate: float, passes: bool) -> dict[str, Any]:
+        return {**window(target, rate, 1.0, 5.0), "passes": passes}
+
+    catalogue = {
+        "latency": [
+            passing("trivial endpoint", 500.0, True),
+            passing("trivial endpoint", 1000.0, True),
+            passing("inference a", 1000.0, True),
+        ],
+        "saturation": {
+            "inference": {"steps": [passing("inference a", 1500.0, False)]},
+            "trivial_endpoint": {"steps": [passing("trivial endpoint", 1500.0, False)]},
+        },
+    }
+    bracket = saturation_bracket(catalogue, "trivial endpoint", "trivial_endpoint")
+    assert (bracket["highest_passing_rps"], bracket["lowest_failing_rps"]) == (1000.0, 1500.0)
+    data = {
+        "catalogue_a": {
+            **catalogue,
+            "wrk_closed_loop": {
+                "inference": {"requests_per_s": 2000.0},
+                "trivial": {"requests_per_s": 8000.0},
+            },
+        },
+        "verdicts": {"saturation_rps": 1000.0, "trivial_saturation_bracket": bracket},
+    }
+    assert "(trivial endpoint 1,000, 1,500 fails)" in "\n".join(inference(data))
 
 
 def test_cpu_lines_say_where_the_cpu_went_at_each_saturation_step() -> None:
