@@ -33,6 +33,7 @@ from streamrec_shared.models.item_pooling import (
     FoldedItems,
     ItemContext,
     ItemPoolingScorer,
+    ItemPoolingWeights,
     Rows,
     fold_in,
 )
@@ -109,20 +110,24 @@ class NewItems:
 
 class HistoryFit:
     """The batch training on the history, done once for every arm that asks with the same
-    history: each arm continues from its own copy (``Learner.save`` / ``load``: weights,
-    optimizer slots, replay sample and random streams), exactly where a fit of its own would
-    have left it. The arms differ only after the history, and each fit took ~40 s on ML-100K."""
+    history (each fit took ~40 s on ML-100K). Arms that keep training continue from their own
+    copy of the learner (``Learner.save`` / ``load``: weights, optimizer slots, replay sample and
+    random streams), exactly where a fit of their own would have left them; the frozen ones need
+    only its weights, which are not copied (a learner's replay sample alone is 120 MB)."""
 
-    def __init__(self, hp: ItemPoolingHyperparameters, epochs: int) -> None:
+    def __init__(
+        self, hp: ItemPoolingHyperparameters = HYPERPARAMETERS, epochs: int = HISTORY_EPOCHS
+    ) -> None:
         self.hp = hp
         self.epochs = epochs
         self._history: list[Event] | None = None  # what the saved learner was fitted on
+        self._weights: ItemPoolingWeights | None = None  # its candidate
         self._folder = Path(tempfile.mkdtemp(prefix="streamrec-history-fit-"))
         weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         self.fits = 0
 
-    def learner(self, history: list[Event]) -> Learner:
-        folder = self._folder
+    def weights(self, history: list[Event]) -> ItemPoolingWeights:
+        """The fitted version's weights (read-only arrays: arms may share them)."""
         if history != self._history:
             learner = Learner(self.hp)
             for offset, event in enumerate(history):
@@ -132,10 +137,16 @@ class HistoryFit:
             learner.train_pending(flush=True)
             if self.epochs > 1:
                 learner.train_epochs(self.epochs - 1, seed=self.hp.seed)
-            learner.save(folder, {})
-            self._history = history
+            learner.save(self._folder, {})
+            self._history, self._weights = history, learner.candidate()
             self.fits += 1
-        return Learner.load(folder, self.hp)[0]
+        assert self._weights is not None
+        return self._weights
+
+    def learner(self, history: list[Event]) -> Learner:
+        """A learner of its own, where the fit left it."""
+        self.weights(history)
+        return Learner.load(self._folder, self.hp)[0]
 
 
 class PoolingArm:
@@ -143,31 +154,31 @@ class PoolingArm:
         self,
         fresh_features: bool,
         retrain_every: int | None,
-        hp: ItemPoolingHyperparameters = HYPERPARAMETERS,
-        epochs: int = HISTORY_EPOCHS,
-        rank_new_items: bool = False,
         history_fit: HistoryFit | None = None,
+        rank_new_items: bool = False,
     ) -> None:
-        self.hp = hp
+        self.history_fit = history_fit or HistoryFit()
+        self.hp = self.history_fit.hp
         self.fresh_features = fresh_features
         self.retrain_every = retrain_every
-        self.history_fit = history_fit or HistoryFit(hp, epochs)
-        if (self.history_fit.hp, self.history_fit.epochs) != (hp, epochs):
-            raise ValueError("a shared history fit must have the arm's settings and epochs")
-        self.learner = Learner(hp)
+        self.learner: Learner | None = None  # only for the arms that keep training
         self.recent: dict[str, deque[str]] = {}
         self.scorer: ItemPoolingScorer | None = None
         self.seen = 0
-        self.new_items = NewItems(hp.cooccurrence_window) if rank_new_items else None
+        self.new_items = NewItems(self.hp.cooccurrence_window) if rank_new_items else None
 
     def _event(self, interaction: Interaction) -> Event:
         return Event(interaction.user, interaction.item, 1.0, str(interaction.timestamp))
 
     def fit_history(self, interactions: Sequence[Interaction]) -> None:
-        self.learner = self.history_fit.learner([self._event(row) for row in interactions])
+        history = [self._event(row) for row in interactions]
+        if self.retrain_every is None:
+            self.scorer = ItemPoolingScorer(self.history_fit.weights(history))
+        else:
+            self.learner = self.history_fit.learner(history)
+            self.scorer = ItemPoolingScorer(self.learner.candidate())
         for interaction in interactions:
             self._remember(interaction)
-        self.scorer = ItemPoolingScorer(self.learner.candidate())
         self.seen = len(interactions)
 
     def _remember(self, interaction: Interaction) -> None:
@@ -206,6 +217,7 @@ class PoolingArm:
             self._remember(interaction)
         if self.retrain_every is None:
             return
+        assert self.learner is not None, "fit_history first"
         self.learner.observe(self._event(interaction), 0, self.seen)
         self.seen += 1
         if self.seen % self.retrain_every == 0:
@@ -215,12 +227,10 @@ class PoolingArm:
 
 def model_arms() -> dict[str, Callable[[], Recommender]]:
     """The in-process arms, sharing one history fit (per history they are run on)."""
-    fit = HistoryFit(HYPERPARAMETERS, HISTORY_EPOCHS)
+    fit = HistoryFit()
     return {
-        "pooling-frozen": lambda: PoolingArm(False, None, history_fit=fit),
-        "pooling-fresh-features": lambda: PoolingArm(True, None, history_fit=fit),
-        "pooling-incremental": lambda: PoolingArm(True, 1000, history_fit=fit),
-        "pooling-incremental-new-items": lambda: PoolingArm(
-            True, 1000, rank_new_items=True, history_fit=fit
-        ),
+        "pooling-frozen": lambda: PoolingArm(False, None, fit),
+        "pooling-fresh-features": lambda: PoolingArm(True, None, fit),
+        "pooling-incremental": lambda: PoolingArm(True, 1000, fit),
+        "pooling-incremental-new-items": lambda: PoolingArm(True, 1000, fit, rank_new_items=True),
     }

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 from streamrec_dev.evaluation.data import synthetic
 from streamrec_dev.synthetic import DriftingClickstream
+from streamrec_shared.models.item_pooling import ItemPoolingWeights
 from streamrec_shared.schemas.events import Interaction as Event
 from trainer.learner import Learner
 
@@ -33,8 +34,13 @@ def fitted_alone(history: list[Event]) -> Learner:
     return learner
 
 
-def assert_same_weights(first: Learner, second: Learner) -> None:
-    mine, theirs = dataclasses.asdict(first.candidate()), dataclasses.asdict(second.candidate())
+def assert_same_weights(
+    first: Learner | ItemPoolingWeights, second: Learner | ItemPoolingWeights
+) -> None:
+    def weights(of: Learner | ItemPoolingWeights) -> dict[str, object]:
+        return dataclasses.asdict(of.candidate() if isinstance(of, Learner) else of)
+
+    mine, theirs = weights(first), weights(second)
     assert mine.keys() == theirs.keys()
     for name, value in mine.items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(theirs[name]), err_msg=name)
@@ -44,8 +50,11 @@ def test_a_shared_fit_continues_exactly_as_a_fit_of_its_own() -> None:
     stream = events(seed=1, count=500)
     history, later = stream[:300], stream[300:]
     alone = fitted_alone(history)
-    shared = HistoryFit(HYPERPARAMETERS, EPOCHS).learner(history)
+    fit = HistoryFit(HYPERPARAMETERS, EPOCHS)
+    shared = fit.learner(history)
     assert_same_weights(shared, alone)
+    assert_same_weights(fit.weights(history), alone.candidate())  # what the frozen arms get
+    assert fit.fits == 1
     # Then both learn the same stream: optimizer slots, replay sample and random draws must
     # have come through the copy for the steps to match.
     for offset, event in enumerate(later, start=len(history)):
@@ -61,5 +70,5 @@ def test_arms_share_one_fit_per_history() -> None:
     first = synthetic(DriftingClickstream(events=200, users=20, initial_items=40, seed=1))
     second = synthetic(DriftingClickstream(events=200, users=20, initial_items=40, seed=2))
     for dataset in (first, first, second, second):
-        PoolingArm(False, None, epochs=EPOCHS, history_fit=fit).fit_history(dataset.interactions)
+        PoolingArm(False, None, fit).fit_history(dataset.interactions)
     assert fit.fits == 2

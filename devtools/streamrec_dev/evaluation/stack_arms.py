@@ -616,14 +616,13 @@ class SharedStack:
 
     def report(self, arm: ArmInference) -> dict[str, Any]:
         """What the stack did for ``arm`` (its ``extra`` next to the replay's figures)."""
-        group = arm.group
+        group, spec, pinned = arm.group, arm.arm.spec_id, arm.arm.pinned_version
         log = group.log if arm.arm.trains else GroupLog()
-        published = group.latest_version(arm.arm.spec_id)
-        rejections = group.rejections(arm.arm.spec_id)
-        pinned = arm.arm.pinned_version
-        if pinned is not None:  # what the frozen arm could serve, not what arm 5 published
+        published, rejections = pinned, 0  # a frozen arm: its version, not what arm 5 published
+        if pinned is None:
+            published, rejections = group.latest_version(spec), group.rejections(spec)
+        else:
             log = GroupLog(history_batch_s=log.history_batch_s, runs=log.runs[:1])
-            published, rejections = min(published, pinned), 0
         return {
             "arm_summary": arm.arm.summary,
             "trainer_group": group.name,
