@@ -24,17 +24,19 @@ Run: ``make bench-eval`` (or ``.venv/bin/python benchmarks/evaluation.py --help`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# One BLAS thread: the per-user solves and matrix-vector products are small (and implicit warns).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from streamrec_dev.servers import one_thread_per_process  # noqa: E402
+
+# One BLAS and TensorFlow thread: the per-user solves and matrix-vector products are small (and
+# implicit warns), and so are the in-process model arms' training steps.
+one_thread_per_process()
 
 from rich.console import Console  # noqa: E402
 from streamrec_dev.evaluation.data import Dataset, ml_100k_path  # noqa: E402

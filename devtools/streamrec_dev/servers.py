@@ -649,6 +649,26 @@ class PostgresServer(ManagedProcess):
 # ------------------------------------------------------------------------------------ Services
 
 
+# One BLAS/TF thread per process: a thread pool per request handler collapses throughput, and the
+# trainer's steps are too small to share out (a 10-epoch fit of 50,000 ML-100K events, session
+# 19: 26.2 s and 32.6 CPU s with TensorFlow's default pools, 24.0 s and 24.2 CPU s with one
+# thread each). On Kubernetes the trainer's pools are sized by its CPU limit instead.
+ONE_THREAD_PER_PROCESS = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+}
+
+
+def one_thread_per_process() -> None:
+    """This process too (a benchmark that trains or scores in process), unless the environment
+    says otherwise; before NumPy's BLAS or TensorFlow start."""
+    for name, value in ONE_THREAD_PER_PROCESS.items():
+        os.environ.setdefault(name, value)
+
+
 @dataclass
 class ServiceServer(ManagedProcess):
     """One of the project's FastAPI services under uvicorn (one process, as in a pod)."""
@@ -662,9 +682,7 @@ class ServiceServer(ManagedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def environment(self) -> dict[str, str]:
-        # One BLAS/TF thread per process: a thread pool per request handler collapses throughput.
-        base = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        return {**os.environ, **base, **self.env}
+        return {**os.environ, **ONE_THREAD_PER_PROCESS, **self.env}
 
     def command(self) -> list[str]:
         return [

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 from streamrec_dev.servers import (
+    ONE_THREAD_PER_PROCESS,
     ManagedProcess,
     ServerError,
+    ServiceServer,
     _kafka_cluster_id,
     _session_listens_on,
     free_port,
+    one_thread_per_process,
 )
 
 
@@ -89,3 +92,27 @@ def test_a_process_without_a_port_starts_on_its_own_check(tmp_path: Path) -> Non
     finally:
         server.stop()
     assert not server.running()
+
+
+def test_services_get_one_thread_pool_each_unless_their_own_env_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "8")  # the caller's shell does not leak in
+    server = ServiceServer(
+        name="trainer", home=tmp_path, port=free_port(), env={"TF_NUM_INTEROP_THREADS": "2"}
+    )
+    env = server.environment()
+    assert env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert env["TF_NUM_INTEROP_THREADS"] == "2"
+    assert env["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_benchmark_process_keeps_what_its_environment_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ONE_THREAD_PER_PROCESS:  # restored after the test, whatever it sets
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "4")
+    one_thread_per_process()
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "4"
+    assert os.environ["TF_NUM_INTEROP_THREADS"] == "1"
