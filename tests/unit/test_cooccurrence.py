@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from streamrec_shared.schemas.control import BoundedStream, FollowStream, OffsetRange
+from trainer import cooccurrence
 from trainer.cooccurrence import Cooccurrence
 from trainer.learner import Learner
 from trainer.runs import reading_of
@@ -87,7 +88,7 @@ def test_neighbors_are_the_cosines_of_a_brute_force_count(seed: int) -> None:
     np.testing.assert_array_equal(weights.item_events, events_of)
 
 
-def test_each_row_keeps_its_strongest_neighbors_strongest_first() -> None:
+def test_each_row_keeps_its_strongest_neighbors() -> None:
     learner = learner_with(cooccurrence_neighbors=3)
     events = stream(users=5, events=400, items=10, seed=4)
     feed(learner, events)
@@ -96,9 +97,33 @@ def test_each_row_keeps_its_strongest_neighbors_strongest_first() -> None:
     indptr = weights.neighbor_indptr
     assert len(indptr) == len(learner.item_ids) + 1
     for a in range(len(learner.item_ids)):
-        kept = weights.neighbor_weights[indptr[a] : indptr[a + 1]]
+        kept = np.sort(weights.neighbor_weights[indptr[a] : indptr[a + 1]])[::-1]
         strongest = sorted(expected.get(a, {}).values(), reverse=True)[:3]
         np.testing.assert_allclose(kept, strongest, rtol=1e-6)
+        assert np.all(np.diff(weights.neighbor_rows[indptr[a] : indptr[a + 1]]) > 0)
+
+
+@pytest.mark.parametrize("padded_max_factor", [1_000_000, 0])  # padded rows, and one sort
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rows_keep_their_top_values_and_the_first_of_ties_at_the_cut(
+    seed: int, padded_max_factor: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cooccurrence, "PADDED_MAX_FACTOR", padded_max_factor)
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 30, size=40)
+    lengths[:3] = [0, 5, 29]
+    values = rng.integers(0, 6, size=int(lengths.sum())).astype(np.float64)  # many ties
+    top = 5
+    keep = cooccurrence.top_per_row(values, lengths, top)
+    start = 0
+    for length in lengths.tolist():
+        row = values[start : start + length]
+        # A stable sort by descending value: ties in row order.
+        chosen = np.argsort(-row, kind="stable")[:top]
+        expected = np.zeros(length, dtype=bool)
+        expected[chosen] = True
+        np.testing.assert_array_equal(keep[start : start + length], expected)
+        start += length
 
 
 def test_held_out_events_count_only_once_released() -> None:
