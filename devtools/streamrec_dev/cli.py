@@ -195,11 +195,13 @@ def replay(
     value_column: str | None = typer.Option(None, help="csv: an optional rating column."),
     ingest_url: str = typer.Option("http://127.0.0.1:8001", help="Ingest base URL."),
     inference_url: str = typer.Option("http://127.0.0.1:8003", help="Inference base URL."),
-    features_url: str = typer.Option(
-        "http://127.0.0.1:8004/metrics",
-        help="The feature updater's metrics: ask for a user only once their last event is"
-        " applied ('' to not wait).",
+    features_redis: str = typer.Option(
+        "redis://127.0.0.1:16379/0",
+        help="The stack's Redis: ask for a user only once the feature updater has applied their"
+        " last event, by the positions it stores there ('' to not wait).",
     ),
+    features_prefix: str = typer.Option("streamrec:", help="The feature store's key prefix."),
+    events_topic: str = typer.Option("events", help="The topic the feature updater applies."),
     rate: float = typer.Option(0.0, help="Evaluated events per second (0: as fast as possible)."),
     arm: str = typer.Option("stack", help="Name of this arm in the results."),
     id_prefix: str = typer.Option("", help="Prefix for user and item ids (isolates runs)."),
@@ -218,6 +220,7 @@ def replay(
     from streamrec_dev.evaluation.protocol import ProtocolConfig, split_point
     from streamrec_dev.evaluation.protocol import evaluate as run_protocol
     from streamrec_dev.evaluation.replay import (
+        AppliedPositions,
         HttpFeed,
         HttpRanker,
         HttpRecommender,
@@ -242,6 +245,9 @@ def replay(
     except (httpx.HTTPError, ValueError) as error:
         console.print(f"[red]inference at {inference_url} does not answer: {error}[/red]")
         raise typer.Exit(1) from None
+    positions = (
+        AppliedPositions(features_redis, features_prefix, events_topic) if features_redis else None
+    )
     with progress_bar(console) as progress:
         history = progress.add_task("history -> ingest", total=split_point(total, 0.5))
         scoring = progress.add_task(f"{arm}: test-then-train", total=total)
@@ -251,7 +257,7 @@ def replay(
             rate=rate or None,
             id_prefix=id_prefix,
             history_progress=lambda count: progress.advance(history, count),
-            features_metrics_url=features_url or None,
+            features=positions,
         )
         stack = HttpRecommender(feed, HttpRanker(inference_url, id_prefix=id_prefix))
         try:
@@ -268,6 +274,8 @@ def replay(
             raise typer.Exit(1) from None
         finally:
             stack.close()
+            if positions is not None:
+                positions.close()
     folder = write_report(
         [result],
         loaded.name,

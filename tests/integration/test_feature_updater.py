@@ -19,6 +19,7 @@ from inference.features import FeatureStore
 from inference.updater import FeatureUpdater
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from streamrec_dev.evaluation.replay import AppliedPositions
 from streamrec_shared.kafka import ResilientProducer, build_consumer
 from streamrec_shared.redis import build_redis
 from streamrec_shared.schemas.events import EventIn, EventType, new_event_id
@@ -93,6 +94,17 @@ async def test_features_in_order_and_exactly_once_across_restarts(
         features = await updater.store.user_features(user)
         assert features.recent == expected_recent(first, user)
         assert features.counts == {"click": 5}
+    # The replay's barrier (devtools) reads the same positions, synchronously.
+    stored = await updater.store.positions(topic)
+    positions = AppliedPositions(
+        settings.redis.url.get_secret_value(), settings.redis.key_prefix, topic
+    )
+    try:
+        assert [positions.next_offset(p) for p in range(3)] == [stored.get(p, 0) for p in range(3)]
+        assert positions.reached(stored)
+        assert not positions.reached({**stored, 0: stored.get(0, 0) + 1})
+    finally:
+        positions.close()
     await updater.stop()
 
     # The group's committed offsets are rewound: a restart that trusted them would apply every

@@ -502,8 +502,9 @@ def mock_connector(handler: Handler) -> Connector:
 class FakeStack:
     """Ingest + inference answering a fake connection, backed by the online popularity peer."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, first_offset: int = 0) -> None:
         self.model = PopularityOnline()
+        self.first_offset = first_offset  # where the events topic was when the replay began
         self.seen: dict[str, set[str]] = {}
         self.bodies: list[dict[str, Any]] = []
         self.batches: list[int] = []
@@ -540,7 +541,7 @@ class FakeStack:
         self.bodies.append(event)
         self.model.observe(Interaction(event["user_id"], event["item_id"], event["timestamp"]))
         self.seen.setdefault(event["user_id"], set()).add(event["item_id"])
-        offset = len(self.bodies) - 1
+        offset = self.first_offset + len(self.bodies) - 1
         return {"event_id": event["event_id"], "status": "stored", "partition": 0, "offset": offset}
 
 
@@ -576,22 +577,22 @@ def test_replay_adapter_scores_the_stack_like_the_same_model_in_process() -> Non
 
 
 class LaggingUpdater(FakeStack):
-    """A feature updater that applies one more event each time its metrics are read, and had
-    applied 7 events of someone else's before the replay began."""
+    """A feature updater that applies one more event each time its position is read; the topic
+    held 7 events of someone else's before the replay began (applied already)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.applied = 0
+        super().__init__(first_offset=7)
+        self.applied = 0  # of the replay's events
         self.lag_violations = 0
         self.polls = 0
 
+    def next_offset(self, partition: int) -> int:
+        assert partition == 0
+        self.polls += 1
+        self.applied = min(self.applied + 1, len(self.bodies))
+        return self.first_offset + self.applied
+
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/metrics":
-            assert request.url.params["name[]"] == "inference_feature_events_applied_total"
-            self.polls += 1
-            self.applied = min(self.applied + 1, len(self.bodies))
-            text = f"inference_feature_events_applied_total {7 + self.applied}.0\n"
-            return httpx.Response(200, text=text)
         if request.url.path == "/v1/recommendations":
             user = request.url.params["user_id"]
             posted = [i + 1 for i, body in enumerate(self.bodies) if body["user_id"] == user]
@@ -608,14 +609,9 @@ def replay_lagging(watched: bool) -> tuple[LaggingUpdater, HttpRecommender]:
     stack = LaggingUpdater()
     connect = mock_connector(stack.handler)
     remote = HttpRecommender(
-        HttpFeed(
-            "http://ingest",
-            connect=connect,
-            features_metrics_url="http://features/metrics" if watched else None,
-        ),
+        HttpFeed("http://ingest", connect=connect, features=stack if watched else None),
         HttpRanker("http://inference", connect=connect),
     )
-    stack.applied = -1  # the first read (the baseline) shows only the 7 events before
     remote.fit_history(LAGGING[:2])
     for row in LAGGING[2:]:
         remote.recommend(row.user, 10, set())
@@ -682,11 +678,8 @@ def test_a_shared_feed_waits_once_per_question_whatever_the_rankers() -> None:
     alone, _ = replay_lagging(watched=True)
     stack = LaggingUpdater()
     connect = mock_connector(stack.handler)
-    feed = HttpFeed(
-        "http://ingest", connect=connect, features_metrics_url="http://features/metrics"
-    )
+    feed = HttpFeed("http://ingest", connect=connect, features=stack)
     rankers = {name: HttpRanker(f"http://{name}", connect=connect) for name in "abc"}
-    stack.applied = -1  # as in ``replay_lagging``: the baseline shows the 7 events before
     evaluate_shared(feed, rankers, LAGGING, before_asking=feed.wait_for_user, concurrent=True)
     assert stack.lag_violations == 0
     assert stack.polls == alone.polls  # the barrier's reads: as many as for one ranker

@@ -10,8 +10,8 @@
   ``click``; the event time from the file), paced at ``rate`` events/s when given; then the
   caller's ``observed`` hook runs with the number of events observed so far (where an arm
   retrains periodically, for instance).
-- ``wait_for_user``: with ``features_metrics_url`` (the feature updater's ``/metrics``), until
-  the updater has applied that user's last posted event: see ``_await_features``.
+- ``wait_for_user``: with ``features`` (the feature updater's positions, ``AppliedPositions``),
+  until the updater has applied that user's last posted event: see ``_await_features``.
 
 ``HttpRanker`` is one inference service: ``recommend`` is ``GET /v1/recommendations?user_id=u&
 k=…&exclude_seen=true``. It asks for ``overfetch`` more than K: the protocol drops items the user
@@ -26,11 +26,10 @@ items; event ids carry a per-run id, since ingest deduplicates ids for 24 h.
 from __future__ import annotations
 
 import http.client
-import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -38,10 +37,14 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import numpy as np
 import orjson
+import redis
+from inference.features import offsets_field, offsets_key
 
 from streamrec_dev.evaluation.data import Interaction
 
 RETRY_STATUSES = {409, 429, 502, 503, 504}
+# How often the replay reads the feature updater's positions while it waits (one HGET a read).
+FEATURES_POLL_S = 0.001
 
 
 class ReplayError(RuntimeError):
@@ -195,6 +198,37 @@ class RetryingClient:
         self.client.close()
 
 
+class PositionSource(Protocol):
+    """How far a feature updater has applied the events topic."""
+
+    def next_offset(self, partition: int) -> int:
+        """The next offset it will apply on ``partition`` (0 before its first batch there)."""
+        ...
+
+
+class AppliedPositions:
+    """A feature updater's positions, read where it keeps them: in Redis, written in the
+    transaction that applies each batch (``inference.features.offsets_key``), so a position
+    read means those events' features are readable. One HGET per read and nothing asked of the
+    updater (polling its ``/metrics`` instead cost it a thread per poll, GIL included)."""
+
+    def __init__(self, redis_url: str, key_prefix: str, topic: str, timeout_s: float = 10.0):
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s)
+        self.key = offsets_key(key_prefix)
+        self.topic = topic
+
+    def next_offset(self, partition: int) -> int:
+        value = self.client.hget(self.key, offsets_field(self.topic, partition))
+        return int(value) if isinstance(value, bytes | str) else 0
+
+    def reached(self, end_offsets: Mapping[int, int]) -> bool:
+        """Whether every partition is applied up to its ``end_offsets`` (exclusive)."""
+        return all(self.next_offset(p) >= end for p, end in end_offsets.items())
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class HttpFeed:
     """The stream into a running stack: ingest, and the feature updater's barrier."""
 
@@ -213,7 +247,7 @@ class HttpFeed:
         max_retry_wait_s: float = 5.0,
         connect: Connector | None = None,
         history_progress: Callable[[int], None] | None = None,
-        features_metrics_url: str | None = None,
+        features: PositionSource | None = None,
         features_wait_s: float = 5.0,
     ) -> None:
         if not 1 <= batch_size <= 1000:
@@ -232,16 +266,13 @@ class HttpFeed:
             max_retry_wait_s=max_retry_wait_s,
             connect=connect,
         )
-        # The feature updater's /metrics, when the replay waits for it (``_await_features``).
-        self.features = (
-            KeepAliveClient(features_metrics_url, timeout_s, connect)
-            if features_metrics_url
-            else None
-        )
+        # The feature updater's positions, when the replay waits for it (``_await_features``);
+        # the caller's to close.
+        self.features = features
         self.features_timeout_s = features_wait_s  # per question
-        self.features_base = 0  # the updater's applied counter when the replay began
-        self.features_applied = 0  # how many of the replay's events it has applied, last read
-        self.last_posted: dict[str, int] = {}  # user -> 1-based count of events posted then
+        self.features_next: dict[int, int] = {}  # partition -> its next offset, last read
+        # user -> (partition, offset + 1) of their last event posted
+        self.last_posted: dict[str, tuple[int, int]] = {}
         self.sequence = 0  # stream position: part of each event_id
         self.evaluated = 0  # events posted by ``observe``
         self.next_at: float | None = None
@@ -255,8 +286,6 @@ class HttpFeed:
 
     def fit_history(self, interactions: Sequence[Interaction]) -> None:
         started = time.perf_counter()
-        if self.features is not None:  # what the updater had applied before this replay
-            self.features_base = self._read_applied()
         end_offsets: dict[int, int] = {}
         for begin in range(0, len(interactions), self.batch_size):
             chunk = interactions[begin : begin + self.batch_size]
@@ -272,7 +301,7 @@ class HttpFeed:
             if self.history_progress:
                 self.history_progress(len(chunk))
         self.history_s = time.perf_counter() - started
-        self._await_features(self.posted, timeout_s=600.0)
+        self._await_features(end_offsets, timeout_s=600.0)
         if self.ready:
             waited = time.perf_counter()
             self.ready(
@@ -298,39 +327,48 @@ class HttpFeed:
         if answer.get("status") == "duplicate":
             self.duplicates += 1
         self.posted += 1
-        self.last_posted[interaction.user] = self.posted
+        if answer.get("offset") is not None:  # a duplicate's first copy was posted before
+            self.last_posted[interaction.user] = (
+                int(answer["partition"]),
+                int(answer["offset"]) + 1,
+            )
         self.evaluated += 1
         if self.observed:
             self.observed(self.evaluated)
 
     def wait_for_user(self, user: str) -> None:
         """Until the feature updater has applied ``user``'s last posted event (when watched)."""
-        self._await_features(self.last_posted.get(user, 0))
+        position = self.last_posted.get(user)
+        if position is not None:
+            self._await_features(dict([position]))
 
-    def _await_features(self, posted: int, timeout_s: float | None = None) -> None:
-        """Until the feature updater has applied the first ``posted`` events (when it is watched).
+    def _await_features(
+        self, end_offsets: Mapping[int, int], timeout_s: float | None = None
+    ) -> None:
+        """Until the feature updater has applied every partition up to ``end_offsets``
+        (exclusive), when it is watched.
 
         A person's next click comes seconds after the last one, long after its features are in
         Redis (p99 ~20 ms); a replay asks within a millisecond, and in MovieLens 90 % of
         consecutive interactions are the same user's. Without this barrier the replay would
         measure how far it outruns the updater, not what fresh features are worth.
         """
-        if self.features is None or self.features_applied >= posted:
+        if self.features is None or self._applied(end_offsets):
             return
         waited = time.perf_counter()
         deadline = time.monotonic() + (timeout_s or self.features_timeout_s)
         while time.monotonic() < deadline:
-            time.sleep(0.002)  # the updater needs a few milliseconds: don't ask at once
-            self.features_applied = self._read_applied() - self.features_base
-            if self.features_applied >= posted:
+            time.sleep(FEATURES_POLL_S)  # the updater needs a few milliseconds: don't ask at once
+            for partition in end_offsets:
+                self.features_next[partition] = self.features.next_offset(partition)
+            if self._applied(end_offsets):
                 break
         else:
             self.features_timeouts += 1
         self.features_waited_s += time.perf_counter() - waited
 
-    def _read_applied(self) -> int:
-        assert self.features is not None
-        return read_features_applied(self.features)
+    def _applied(self, end_offsets: Mapping[int, int]) -> bool:
+        return all(self.features_next.get(p, 0) >= end for p, end in end_offsets.items())
 
     def event_body(self, row: Interaction) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -361,8 +399,6 @@ class HttpFeed:
 
     def close(self) -> None:
         self.ingest.close()
-        if self.features is not None:
-            self.features.close()
 
 
 @dataclass
@@ -470,24 +506,6 @@ class HttpRecommender:
     def close(self) -> None:
         self.feed.close()
         self.ranker.close()
-
-
-APPLIED_METRIC = "inference_feature_events_applied_total"
-_APPLIED = re.compile(rf"^{APPLIED_METRIC} (\S+)$", re.MULTILINE)
-
-
-def read_features_applied(metrics: KeepAliveClient) -> int:
-    """The feature updater's applied-events counter (0 before its first batch), from the client
-    of its ``/metrics`` URL.
-
-    Only that counter is asked for (prometheus_client's ``name[]`` filter): rendering every
-    metric for each poll cost the updater more CPU than applying the events.
-    """
-    answer = metrics.request("GET", "", {"name[]": APPLIED_METRIC})
-    if answer.status != 200:
-        raise ReplayError(f"{metrics.base_url}: {answer.status}")
-    match = _APPLIED.search(answer.body.decode())
-    return int(float(match.group(1))) if match else 0
 
 
 def _retry_after(header: str | None, default: float) -> float:

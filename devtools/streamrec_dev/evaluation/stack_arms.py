@@ -50,7 +50,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,12 +70,11 @@ from streamrec_dev.evaluation.protocol import (
     split_point,
 )
 from streamrec_dev.evaluation.replay import (
+    AppliedPositions,
     HistoryPosted,
     HttpFeed,
     HttpRanker,
-    KeepAliveClient,
     ReplayError,
-    read_features_applied,
 )
 from streamrec_dev.servers import (
     KafkaServer,
@@ -466,6 +465,7 @@ class SharedStack:
                 "STREAMREC_KAFKA_LINGER_MS": "0",
             },
         )
+        self.redis_url = redis.url
         fresh_prefix = f"eval:{self.run_tag}:fresh:"
         frozen_prefix = f"eval:{self.run_tag}:frozen:"
         self.fresh_features = (
@@ -543,7 +543,7 @@ class SharedStack:
     def ready(self, posted: HistoryPosted) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout_s
         if self.frozen_features is not None:
-            self._wait_features_applied(self.frozen_features, posted.events, deadline)
+            self._wait_features_applied(self.frozen_features, posted.end_offsets, deadline)
             # From here on the frozen features stay as the history left them.
             pid = self.frozen_features.pid()
             self.frozen_features_cpu_s = process_cpu_seconds(pid) if pid is not None else 0.0
@@ -570,17 +570,23 @@ class SharedStack:
             if arm.group is group and arm.arm.trains:
                 arm.wait_served(arm.arm.pinned_version or version, deadline)
 
-    @staticmethod
-    def _wait_features_applied(updater: ModuleServer, events: int, deadline: float) -> None:
-        """Until the feature updater has applied every history event (its applied counter)."""
-        metrics = KeepAliveClient(f"{updater.url}/metrics", timeout_s=10)
+    def applied_positions(self, updater: ModuleServer) -> AppliedPositions:
+        """Where ``updater`` has got to in the shared events (its positions in Redis)."""
+        prefix = updater.env["STREAMREC_REDIS_KEY_PREFIX"]
+        return AppliedPositions(self.redis_url, prefix, self.topics.events)
+
+    def _wait_features_applied(
+        self, updater: ModuleServer, end_offsets: Mapping[int, int], deadline: float
+    ) -> None:
+        """Until the feature updater has applied every history event."""
+        positions = self.applied_positions(updater)
         try:
             while time.monotonic() < deadline:
-                if read_features_applied(metrics) >= events:
+                if positions.reached(end_offsets):
                     return
                 time.sleep(0.2)
         finally:
-            metrics.close()
+            positions.close()
         raise ReplayError(f"{updater.name} did not apply the history in time")
 
     # --- after each evaluated event ---------------------------------------------------------
@@ -664,15 +670,16 @@ def run_stack_arms(
         stack = SharedStack(arms, home, kafka, redis, settings, evaluated)
         try:
             stack.start()
+            # Only fresh features change while evaluated: nothing to wait for otherwise.
             fresh = stack.fresh_features
+            positions = stack.applied_positions(fresh) if fresh is not None else None
             feed = HttpFeed(
                 stack.ingest.url,
                 ready=stack.ready,
                 observed=stack.observed,
                 rate=settings.rate,
                 run_id=stack.run_tag,
-                # Only fresh features change while evaluated: nothing to wait for otherwise.
-                features_metrics_url=f"{fresh.url}/metrics" if fresh is not None else None,
+                features=positions,
             )
             try:
                 results = evaluate_shared(
@@ -687,6 +694,8 @@ def run_stack_arms(
                 )
             finally:
                 feed.close()
+                if positions is not None:
+                    positions.close()
             own_cpu, shared_cpu = stack.cpu_seconds()
             for arm, result in zip(stack.inference, results, strict=True):
                 result.extra.update(stack.report(arm))

@@ -275,6 +275,16 @@ return #KEYS
 )
 
 
+def offsets_key(prefix: str) -> str:
+    """The HASH of a feature store's positions (``prefix``: its Redis key prefix): the next
+    offset applied per ``offsets_field``, written in the same transaction as the features."""
+    return f"{prefix}features:offsets"
+
+
+def offsets_field(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
 class PositionConflict(Exception):
     """Redis already holds a position past the start of this batch: it was applied before."""
 
@@ -386,7 +396,7 @@ class FeatureStore:
         self.first_seen_max = settings.first_seen_max
         self.landmark_key = f"{p}features:landmark"
         self.clock_key = f"{p}features:clock"
-        self.offsets_key = f"{p}features:offsets"
+        self.offsets_key = offsets_key(p)
         self.schema_key = f"{p}features:schema"
         self._trending_read = redis.register_script(_TRENDING_READ)
         self._apply_batch = redis.register_script(_APPLY_BATCH)
@@ -414,7 +424,7 @@ class FeatureStore:
             return
         tail: list[str | int] = [len(batch.first)]
         for partition, first in batch.first.items():
-            tail += (f"{batch.topic}:{partition}", first, batch.next[partition])
+            tail += (offsets_field(batch.topic, partition), first, batch.next[partition])
         positives = [e for e in batch.events if e.weight > 0]
         newest = max((e.event_ms for e in positives), default=None)
         user_args = self._user_args(batch.events)
