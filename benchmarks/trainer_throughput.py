@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's own thread pools (one thread per core): the trainer alone on the machine, as a
+# trainer pod is given its CPUs (the local stack gives each of its processes one thread).
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from streamrec_dev.evaluation.data import display_path  # noqa: E402
-from streamrec_dev.servers import KafkaServer, free_port, one_thread_per_process  # noqa: E402
-
-one_thread_per_process()  # as the stack runs the trainer (before TensorFlow starts, below)
+from streamrec_dev.servers import KafkaServer, free_port  # noqa: E402
 from streamrec_dev.synthetic import DriftingClickstream  # noqa: E402
 from streamrec_shared.artifacts import DirectoryArtifactStore  # noqa: E402
 from streamrec_shared.kafka import ResilientProducer, build_producer, ensure_topics  # noqa: E402
