@@ -19,7 +19,7 @@ from inference.features import FeatureStore
 from inference.updater import FeatureUpdater
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from streamrec_dev.evaluation.replay import AppliedPositions
+from streamrec_dev.evaluation.replay import AppliedPositions, await_positions
 from streamrec_shared.kafka import ResilientProducer, build_consumer
 from streamrec_shared.redis import build_redis
 from streamrec_shared.schemas.events import EventIn, EventType, new_event_id
@@ -101,8 +101,9 @@ async def test_features_in_order_and_exactly_once_across_restarts(
     )
     try:
         assert [positions.next_offset(p) for p in range(3)] == [stored.get(p, 0) for p in range(3)]
-        assert positions.reached(stored)
-        assert not positions.reached({**stored, 0: stored.get(0, 0) + 1})
+        assert await_positions(positions, stored, timeout_s=1.0, poll_s=0.01)
+        beyond = {**stored, 0: stored.get(0, 0) + 1}
+        assert not await_positions(positions, beyond, timeout_s=0.05, poll_s=0.01)
     finally:
         positions.close()
     await updater.stop()

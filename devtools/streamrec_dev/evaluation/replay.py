@@ -221,12 +221,29 @@ class AppliedPositions:
         value = self.client.hget(self.key, offsets_field(self.topic, partition))
         return int(value) if isinstance(value, bytes | str) else 0
 
-    def reached(self, end_offsets: Mapping[int, int]) -> bool:
-        """Whether every partition is applied up to its ``end_offsets`` (exclusive)."""
-        return all(self.next_offset(p) >= end for p, end in end_offsets.items())
-
     def close(self) -> None:
         self.client.close()
+
+
+def await_positions(
+    source: PositionSource,
+    end_offsets: Mapping[int, int],
+    timeout_s: float,
+    poll_s: float,
+    known: dict[int, int] | None = None,
+) -> bool:
+    """Until ``source`` has applied every partition up to its ``end_offsets`` (exclusive);
+    False when ``timeout_s`` passes first. ``known`` (partition -> next offset, as last read) is
+    trusted before any read, and kept up to date: positions only move forward."""
+    known = {} if known is None else known
+    deadline = time.monotonic() + timeout_s
+    while not all(known.get(p, 0) >= end for p, end in end_offsets.items()):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)  # the updater needs a few milliseconds: don't ask at once
+        for partition in end_offsets:
+            known[partition] = source.next_offset(partition)
+    return True
 
 
 class HttpFeed:
@@ -353,22 +370,14 @@ class HttpFeed:
         consecutive interactions are the same user's. Without this barrier the replay would
         measure how far it outruns the updater, not what fresh features are worth.
         """
-        if self.features is None or self._applied(end_offsets):
+        if self.features is None:
             return
         waited = time.perf_counter()
-        deadline = time.monotonic() + (timeout_s or self.features_timeout_s)
-        while time.monotonic() < deadline:
-            time.sleep(FEATURES_POLL_S)  # the updater needs a few milliseconds: don't ask at once
-            for partition in end_offsets:
-                self.features_next[partition] = self.features.next_offset(partition)
-            if self._applied(end_offsets):
-                break
-        else:
+        timeout_s = timeout_s or self.features_timeout_s
+        known = self.features_next  # kept up to date by the wait
+        if not await_positions(self.features, end_offsets, timeout_s, FEATURES_POLL_S, known):
             self.features_timeouts += 1
         self.features_waited_s += time.perf_counter() - waited
-
-    def _applied(self, end_offsets: Mapping[int, int]) -> bool:
-        return all(self.features_next.get(p, 0) >= end for p, end in end_offsets.items())
 
     def event_body(self, row: Interaction) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -75,6 +75,7 @@ from streamrec_dev.evaluation.replay import (
     HttpFeed,
     HttpRanker,
     ReplayError,
+    await_positions,
 )
 from streamrec_dev.servers import (
     KafkaServer,
@@ -581,13 +582,11 @@ class SharedStack:
         """Until the feature updater has applied every history event."""
         positions = self.applied_positions(updater)
         try:
-            while time.monotonic() < deadline:
-                if positions.reached(end_offsets):
-                    return
-                time.sleep(0.2)
+            applied = await_positions(positions, end_offsets, deadline - time.monotonic(), 0.2)
         finally:
             positions.close()
-        raise ReplayError(f"{updater.name} did not apply the history in time")
+        if not applied:
+            raise ReplayError(f"{updater.name} did not apply the history in time")
 
     # --- after each evaluated event ---------------------------------------------------------
 

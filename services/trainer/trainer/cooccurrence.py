@@ -137,9 +137,10 @@ def top_per_row(values: Counts, lengths: Codes, top: int) -> npt.NDArray[np.bool
     their row's ``top`` largest; of equal values at the cut, the first ones in the row.
 
     The same choice as a stable sort of each row by descending value, without sorting: every
-    version exported it, and on ML-100K (1,682 items, 0.57 M pairs) the sort of all pairs was
-    ~190 ms, most of what a version cost its trainer (session 19, py-spy). Only the rows longer
-    than ``top`` need a choice, and one ``np.partition`` finds each one's cut (~18 ms there).
+    version exports neighbor lists, and on ML-100K (1,682 items, 0.57 M pairs) the sort of all
+    pairs was ~45 % of arm 5's publishing cycle (session 19, py-spy); ``neighbors`` went from
+    121 to 55 ms there. Only the rows longer than ``top`` need a choice, and one
+    ``np.partition`` over them finds each row's cut.
     """
     keep = np.ones(len(values), dtype=bool)
     long_rows = np.flatnonzero(lengths > top)
