@@ -11,9 +11,10 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from streamrec_shared.settings import RedisSettings, TopicSettings
 
 from streamrec_dev.servers import ServerError
-from streamrec_dev.stack import LocalStack
+from streamrec_dev.stack import LocalStack, StackPorts
 from streamrec_dev.synthetic import DriftingClickstream
 
 app = typer.Typer(help="streamrec developer CLI.", no_args_is_help=True, add_completion=False)
@@ -196,12 +197,16 @@ def replay(
     ingest_url: str = typer.Option("http://127.0.0.1:8001", help="Ingest base URL."),
     inference_url: str = typer.Option("http://127.0.0.1:8003", help="Inference base URL."),
     features_redis: str = typer.Option(
-        "redis://127.0.0.1:16379/0",
+        f"redis://127.0.0.1:{StackPorts().redis}/0",
         help="The stack's Redis: ask for a user only once the feature updater has applied their"
         " last event, by the positions it stores there ('' to not wait).",
     ),
-    features_prefix: str = typer.Option("streamrec:", help="The feature store's key prefix."),
-    events_topic: str = typer.Option("events", help="The topic the feature updater applies."),
+    features_prefix: str = typer.Option(
+        RedisSettings.model_fields["key_prefix"].default, help="The feature store's key prefix."
+    ),
+    events_topic: str = typer.Option(
+        TopicSettings.model_fields["events"].default, help="The topic the feature updater applies."
+    ),
     rate: float = typer.Option(0.0, help="Evaluated events per second (0: as fast as possible)."),
     arm: str = typer.Option("stack", help="Name of this arm in the results."),
     id_prefix: str = typer.Option("", help="Prefix for user and item ids (isolates runs)."),
