@@ -117,6 +117,12 @@ def main() -> int:
         default=StackEvaluationSettings.publish_every_s,
         help="how often arm 5's follow run publishes at most (seconds; default: %(default)s)",
     )
+    parser.add_argument(
+        "--trainer-niceness",
+        type=int,
+        default=StackEvaluationSettings.trainer_niceness,
+        help="the stack trainers' niceness (0: as the serving path; default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     options = parser.parse_args()
     console = Console()
@@ -135,6 +141,7 @@ def main() -> int:
         gate_min_events=options.gate_min_events,
         gate_rate=options.gate_rate,
         publish_every_s=options.publish_every_s,
+        trainer_niceness=options.trainer_niceness,
     )
     for name in options.datasets.split(","):
         if name == "ml-100k" and not ml_100k_path().is_file():

@@ -137,6 +137,8 @@ class ManagedProcess:
     name: str
     home: Path
     port: int
+    # Added to the child's scheduling niceness (``nice -n``): 0 runs it as this process runs.
+    niceness: int = field(default=0, kw_only=True)
     # The child we spawned, kept so that it is reaped (and not reported as leaked) on stop.
     _child: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -179,9 +181,12 @@ class ManagedProcess:
         if port_open(self.port):
             raise ServerError(f"{self.name}: port {self.port} is taken by another process")
         self.prepare()
+        command = self.command()
+        if self.niceness:
+            command = ["nice", "-n", str(self.niceness), *command]  # exec'd: the PID is the child's
         with self.log_file.open("ab") as log:
             process = subprocess.Popen(
-                self.command(),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

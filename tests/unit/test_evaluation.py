@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from streamrec_dev.evaluation.protocol import (
     EvaluationResult,
     ProtocolConfig,
     Recommender,
+    SplitRanker,
+    ask_at_once,
     clean_top_k,
     evaluate,
     evaluate_shared,
@@ -733,6 +736,77 @@ def test_report_writes_table_json_and_plots(tmp_path: Path) -> None:
     run = orjson.loads((folder / "results.json").read_bytes())
     assert [r["arm"] for r in run["results"]] == ["popularity-history", "cooccurrence-last10"]
     assert (folder / "final.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class SlowInference:
+    """A real HTTP/1.1 server on loopback (the standard library's) that answers
+    ``/v1/recommendations`` after ``delay_s`` with one item named after it; it drops the
+    connection of the first ``drop_first`` requests without an answer."""
+
+    def __init__(self, name: str, delay_s: float, drop_first: int = 0) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.drop_first = drop_first
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # the standard library names it so
+                if outer.drop_first:
+                    outer.drop_first -= 1
+                    self.close_connection = True
+                    return
+                time.sleep(delay_s)
+                body = orjson.dumps({"items": [{"item_id": name}], "fallback": None})
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_asking_at_once_reads_each_answer_as_it_comes_in() -> None:
+    servers = [
+        SlowInference("slow", 0.3),
+        SlowInference("slower", 0.3),
+        SlowInference("fast", 0.0, drop_first=1),
+    ]
+    rankers = {server.url: HttpRanker(server.url, max_retry_wait_s=0.0) for server in servers}
+    try:
+        assert all(isinstance(ranker, SplitRanker) for ranker in rankers.values())
+        started = time.perf_counter()
+        answers = ask_at_once(rankers, "u", 10, set())
+        elapsed = time.perf_counter() - started
+        slow, slower, fast = (answers[server.url] for server in servers)
+        assert (slow[0], slower[0], fast[0]) == (["slow"], ["slower"], ["fast"])
+        # All asked before any answer is read: the round takes one slow answer's time, not two.
+        assert min(slow[1], slower[1]) >= 0.3
+        assert elapsed < 0.55
+        # The fast answer (asked again after its dropped connection) was read as it came, not
+        # after the slow ones asked before it.
+        assert fast[1] < 0.2
+        fast_stats = rankers[servers[2].url].stats()
+        assert fast_stats["recommend_retries"] == 1
+        assert fast_stats["recommend_failures"] == 0
+        # Kept alive: a second round reuses the connections.
+        assert ask_at_once(rankers, "u", 10, set())[servers[2].url][0] == ["fast"]
+    finally:
+        for ranker in rankers.values():
+            ranker.close()
+        for server in servers:
+            server.close()
 
 
 def test_keep_alive_client_reuses_its_connection_and_reopens_a_closed_one() -> None:

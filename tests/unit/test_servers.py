@@ -94,6 +94,19 @@ def test_a_process_without_a_port_starts_on_its_own_check(tmp_path: Path) -> Non
     assert not server.running()
 
 
+def test_a_process_runs_at_the_niceness_it_was_given(tmp_path: Path) -> None:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for niceness in (0, 7):
+        server = _Portless(name=f"nice{niceness}", home=tmp_path, port=0, niceness=niceness)
+        try:
+            server.start(timeout=10)
+            pid = server.pid()
+            assert pid is not None
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + niceness)
+        finally:
+            server.stop()
+
+
 def test_services_get_one_thread_pool_each_unless_their_own_env_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

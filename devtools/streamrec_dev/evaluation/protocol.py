@@ -29,6 +29,7 @@ so a remote service whose features lag a little is scored exactly like a peer.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,8 @@ from streamrec_shared.ranking import rank_metrics
 from streamrec_dev.evaluation.data import Interaction
 
 PROGRESS_EVERY = 500
+# How long ``ask_at_once`` waits for any answer before it reads the rest in turn.
+ANSWER_WAIT_S = 1.0
 # Lower bounds of the "items touched before" buckets: none, 1-4, 5-19, 20-49, 50-99, 100-199,
 # 200 and more.
 TOUCHED_BUCKETS = (0, 1, 5, 20, 50, 100, 200)
@@ -62,6 +65,23 @@ class Ranker(Protocol):
     """What an arm answers; ``exclude`` is the protocol's own set: read it, never keep it."""
 
     def recommend(self, user: str, k: int, exclude: set[str]) -> list[str]: ...
+
+
+@runtime_checkable
+class SplitRanker(Ranker, Protocol):
+    """A remote ranker whose question and answer are two calls, so that one thread asks every
+    arm at once and reads each answer as it comes (``evaluate_shared(concurrent=True)``): the
+    replay shares the machine with the services it measures, and a thread per arm cost it
+    twice the CPU (futures, locks and the GIL handed between seven threads at every question).
+    """
+
+    def ask(self, user: str, k: int, exclude: set[str]) -> None: ...
+
+    def fileno(self) -> int:
+        """Readable once the answer is in; -1 when ``answer`` will not wait."""
+        ...
+
+    def answer(self) -> list[str]: ...
 
 
 @runtime_checkable
@@ -213,7 +233,8 @@ def evaluate_shared(
     ranker is asked the same question and scored on its own answer, exactly as if it had been
     evaluated alone. ``before_asking`` runs with the user before the rankers are asked (where a
     remote feed waits until the stack has applied that user's last event); ``concurrent`` asks
-    the rankers at once, one thread each (remote services answer in parallel). ``progress`` is
+    the rankers at once (remote services answer in parallel): from this thread when every one
+    is a ``SplitRanker`` (``ask_at_once``), else one thread each. ``progress`` is
     called with the number of interactions advanced. A result's ``extra`` holds the feed's
     ``stats()`` (the same in every result) and then its ranker's, when they have one.
     """
@@ -251,7 +272,11 @@ def evaluate_shared(
         recommended = rankers[name].recommend(user, k, seen)
         return recommended, clock() - asked
 
-    pool = ThreadPoolExecutor(len(names)) if concurrent else None
+    split_rankers = {
+        name: ranker for name, ranker in rankers.items() if isinstance(ranker, SplitRanker)
+    }
+    split_asking = concurrent and len(split_rankers) == len(names)
+    pool = ThreadPoolExecutor(len(names)) if concurrent and not split_asking else None
     started = clock()
     try:
         for position in range(evaluated):
@@ -264,7 +289,10 @@ def evaluate_shared(
             if not repeat or config.score_repeats:
                 if before_asking:
                     before_asking(row.user)
-                if pool is None:
+                if split_asking:
+                    answered = ask_at_once(split_rankers, row.user, k, seen)
+                    answers = [answered[name] for name in names]
+                elif pool is None:
                     answers = [ask(name, row.user, seen) for name in names]
                 else:
                     answers = list(pool.map(partial(ask, user=row.user, seen=seen), names))
@@ -346,6 +374,33 @@ def evaluate_shared(
             )
         )
     return results
+
+
+def ask_at_once(
+    rankers: Mapping[str, SplitRanker], user: str, k: int, exclude: set[str]
+) -> dict[str, tuple[list[str], float]]:
+    """Every ranker's answer and its seconds from question to answer: all asked first, each
+    answer read as it comes in."""
+    clock = time.perf_counter
+    asked: dict[str, float] = {}
+    for name, ranker in rankers.items():
+        asked[name] = clock()
+        ranker.ask(user, k, exclude)
+    answers: dict[str, tuple[list[str], float]] = {}
+    waiting: dict[int, str] = {}
+    for name, ranker in rankers.items():
+        descriptor = ranker.fileno()
+        if descriptor < 0:
+            answers[name] = (ranker.answer(), clock() - asked[name])
+        else:
+            waiting[descriptor] = name
+    while waiting:
+        ready, _, _ = select.select(list(waiting), [], [], ANSWER_WAIT_S)
+        # None in time: read the rest in turn, each under its client's own timeout and retries.
+        for descriptor in ready or list(waiting):
+            name = waiting.pop(descriptor)
+            answers[name] = (rankers[name].answer(), clock() - asked[name])
+    return answers
 
 
 def _stats(part: object) -> dict[str, Any]:

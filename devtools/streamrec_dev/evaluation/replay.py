@@ -45,6 +45,7 @@ from streamrec_dev.evaluation.data import Interaction
 RETRY_STATUSES = {409, 429, 502, 503, 504}
 # How often the replay reads the feature updater's positions while it waits (one HGET a read).
 FEATURES_POLL_S = 0.001
+RECOMMENDATIONS = "/v1/recommendations"
 
 
 class ReplayError(RuntimeError):
@@ -116,7 +117,8 @@ class KeepAliveClient:
         self._connect: Connector = connect or (
             lambda host, port, timeout: http.client.HTTPConnection(host, port, timeout=timeout)
         )
-        self._connection: Connection | None = None
+        self._connection: Connection | None = None  # idle, kept alive
+        self._sent: Connection | None = None  # waiting for the answer to ``send``
 
     def request(
         self,
@@ -126,6 +128,18 @@ class KeepAliveClient:
         json: Any = None,
     ) -> Answer:
         """Raises ``OSError`` or ``http.client.HTTPException`` when no answer came."""
+        self.send(method, path, params, json)
+        return self.receive()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str | int] | None = None,
+        json: Any = None,
+    ) -> None:
+        """The first half of ``request``: the request goes out, ``receive`` reads its answer.
+        Raises ``OSError`` or ``http.client.HTTPException`` when it could not be sent."""
         url = self.path + path + (f"?{urlencode(params)}" if params else "")
         body = None if json is None else orjson.dumps(json)
         headers = {} if body is None else {"content-type": "application/json"}
@@ -133,6 +147,17 @@ class KeepAliveClient:
         self._connection = None
         try:
             connection.request(method, url, body=body, headers=headers)
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            raise
+        self._sent = connection
+
+    def receive(self) -> Answer:
+        """The answer to what ``send`` sent (raises as ``request``)."""
+        connection, self._sent = self._sent, None
+        if connection is None:
+            raise RuntimeError("receive() without send()")
+        try:
             response = connection.getresponse()
             answer = Answer(response.status, response.read(), response.getheader("retry-after"))
         except (OSError, http.client.HTTPException):
@@ -144,10 +169,16 @@ class KeepAliveClient:
             self._connection = connection
         return answer
 
+    def fileno(self) -> int:
+        """The socket the answer to ``send`` comes in on (readable once it has), or -1."""
+        sock = getattr(self._sent, "sock", None)
+        return sock.fileno() if sock is not None else -1
+
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        for connection in (self._connection, self._sent):
+            if connection is not None:
+                connection.close()
+        self._connection = self._sent = None
 
 
 class RetryingClient:
@@ -448,26 +479,57 @@ class HttpRanker:
             connect=connect,
         )
         self.counters = RankerStats()
+        self._asked: tuple[dict[str, str | int], set[str], float] | None = None
+        self._sent = False
 
     def recommend(self, user: str, k: int, exclude: set[str]) -> list[str]:
+        self.ask(user, k, exclude)
+        return self.answer()
+
+    def ask(self, user: str, k: int, exclude: set[str]) -> None:
+        """The first half of ``recommend``: the question goes out, ``answer`` reads what came
+        back. One thread asks every arm at once this way (``protocol.SplitRanker``)."""
         params: dict[str, str | int] = {
             "user_id": self.prefix + user,
             "k": min(self.max_k, k + self.overfetch),
             "exclude_seen": "true",
         }
+        self._asked = (params, exclude, time.perf_counter())
         self.counters.requests += 1
-        started = time.perf_counter()
         try:
-            answer = self.inference.send("GET", "/v1/recommendations", params=params)
-        except ReplayError:
-            self.counters.failures += 1  # scored as a miss, like an empty list
-            return []
+            self.inference.client.send("GET", RECOMMENDATIONS, params=params)
+            self._sent = True
+        except (OSError, http.client.HTTPException):
+            self._sent = False  # ``answer`` asks again, retrying
+
+    def fileno(self) -> int:
+        """Readable once the answer to ``ask`` is in; -1 when ``answer`` will not wait for it."""
+        return self.inference.client.fileno() if self._sent else -1
+
+    def answer(self) -> list[str]:
+        if self._asked is None:
+            raise RuntimeError("answer() without ask()")
+        (params, exclude, started), self._asked = self._asked, None
+        body = None
+        if self._sent:
+            try:
+                answer = self.inference.client.receive()
+                body = answer.json() if answer.status < 300 else None
+            except (OSError, http.client.HTTPException):
+                pass
+        if body is None:  # not sent, no answer or an error status: the retrying path
+            self.inference.retried += 1
+            try:
+                body = self.inference.send("GET", RECOMMENDATIONS, params=params)
+            except ReplayError:
+                self.counters.failures += 1  # scored as a miss, like an empty list
+                return []
         self.counters.latencies_s.append(time.perf_counter() - started)
-        path = str(answer.get("fallback"))
+        path = str(body.get("fallback"))
         self.counters.fallbacks[path] += 1
-        self.counters.model_versions[str(answer.get("model_version"))] += 1
+        self.counters.model_versions[str(body.get("model_version"))] += 1
         cut = len(self.prefix)
-        items = [str(entry["item_id"]) for entry in answer.get("items", [])]
+        items = [str(entry["item_id"]) for entry in body.get("items", [])]
         ours = [item[cut:] for item in items if item.startswith(self.prefix)]
         touched = sum(item in exclude for item in ours)
         if touched:
