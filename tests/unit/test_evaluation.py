@@ -41,6 +41,7 @@ from streamrec_dev.evaluation.protocol import (
     evaluate_shared,
 )
 from streamrec_dev.evaluation.replay import (
+    Answer,
     Connector,
     HistoryPosted,
     HttpFeed,
@@ -840,13 +841,16 @@ def test_keep_alive_client_reuses_its_connection_and_reopens_a_closed_one() -> N
     thread.start()
     try:
         client = KeepAliveClient(f"http://127.0.0.1:{server.server_address[1]}/base", 5.0)
-        assert client.request("GET", "/a", {"x": 1, "name[]": "m"}).json() == {
-            "path": "/base/a?x=1&name%5B%5D=m"
-        }
-        assert client.request("GET", "/b").status == 200
+
+        def get(path: str, params: dict[str, str | int] | None = None) -> Answer:
+            client.send("GET", path, params)
+            return client.receive()
+
+        assert get("/a", {"x": 1, "name[]": "m"}).json() == {"path": "/base/a?x=1&name%5B%5D=m"}
+        assert get("/b").status == 200
         assert len(connections) == 1  # kept alive
-        assert client.request("GET", "/close").status == 200
-        assert client.request("GET", "/c").json() == {"path": "/base/c"}
+        assert get("/close").status == 200
+        assert get("/c").json() == {"path": "/base/c"}
         assert len(connections) == 2  # the server closed the first: a new one
         client.close()
     finally:

@@ -120,17 +120,6 @@ class KeepAliveClient:
         self._connection: Connection | None = None  # idle, kept alive
         self._sent: Connection | None = None  # waiting for the answer to ``send``
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str | int] | None = None,
-        json: Any = None,
-    ) -> Answer:
-        """Raises ``OSError`` or ``http.client.HTTPException`` when no answer came."""
-        self.send(method, path, params, json)
-        return self.receive()
-
     def send(
         self,
         method: str,
@@ -138,8 +127,8 @@ class KeepAliveClient:
         params: dict[str, str | int] | None = None,
         json: Any = None,
     ) -> None:
-        """The first half of ``request``: the request goes out, ``receive`` reads its answer.
-        Raises ``OSError`` or ``http.client.HTTPException`` when it could not be sent."""
+        """The request goes out; ``receive`` reads its answer (one at a time). Raises
+        ``OSError`` or ``http.client.HTTPException`` when it could not be sent."""
         url = self.path + path + (f"?{urlencode(params)}" if params else "")
         body = None if json is None else orjson.dumps(json)
         headers = {} if body is None else {"content-type": "application/json"}
@@ -153,7 +142,8 @@ class KeepAliveClient:
         self._sent = connection
 
     def receive(self) -> Answer:
-        """The answer to what ``send`` sent (raises as ``request``)."""
+        """The answer to what ``send`` sent. Raises ``OSError`` or
+        ``http.client.HTTPException`` when none came."""
         connection, self._sent = self._sent, None
         if connection is None:
             raise RuntimeError("receive() without send()")
@@ -211,7 +201,8 @@ class RetryingClient:
             if attempt:
                 self.retried += 1
             try:
-                answer = self.client.request(method, path, params, json)
+                self.client.send(method, path, params, json)
+                answer = self.client.receive()
             except (OSError, http.client.HTTPException) as error:
                 last = f"{type(error).__name__}: {error}"
                 time.sleep(min(self.max_retry_wait_s, 0.1 * 2**attempt))
