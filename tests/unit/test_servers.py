@@ -102,6 +102,11 @@ def test_a_process_runs_at_the_niceness_it_was_given(tmp_path: Path) -> None:
             server.start(timeout=10)
             pid = server.pid()
             assert pid is not None
+            # ``nice`` sets it, then execs the command in the same process: wait for the exec.
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:2] != [b"-c"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + niceness)
         finally:
             server.stop()
