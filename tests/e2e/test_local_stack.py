@@ -124,6 +124,10 @@ def test_inference_serves_the_published_model_with_fresh_features(stack: LocalSt
             break
         time.sleep(0.1)
     assert body["fallback"] is None, body
-    assert body["model_version"] == model["version"]
+    # The demo keeps training: a newer version may have been swapped in since (versions only
+    # grow; clean-clone CI once read v8 from /v1/model, then got an answer from v9).
+    assert isinstance(body["model_version"], int)
+    assert isinstance(model["version"], int)
+    assert body["model_version"] >= model["version"]
     assert len(body["items"]) == 10
     assert "i1" not in [item["item_id"] for item in body["items"]], "seen items are excluded"
