@@ -45,7 +45,6 @@ from streamrec_dev.evaluation.data import Interaction
 RETRY_STATUSES = {409, 429, 502, 503, 504}
 # How often the replay reads the feature updater's positions while it waits (one HGET a read).
 FEATURES_POLL_S = 0.001
-RECOMMENDATIONS = "/v1/recommendations"
 
 
 class ReplayError(RuntimeError):
@@ -188,6 +187,8 @@ class RetryingClient:
         self.retries = retries
         self.max_retry_wait_s = max_retry_wait_s
         self.retried = 0
+        self._started: tuple[str, str, dict[str, str | int] | None, Any] | None = None
+        self._in_flight = False  # ``start``'s request went out
 
     def send(
         self,
@@ -215,6 +216,41 @@ class RetryingClient:
             wait = _retry_after(answer.retry_after, 0.1 * 2**attempt)
             time.sleep(min(self.max_retry_wait_s, wait))
         raise ReplayError(f"{method} {self.client.base_url}{path}: {last}")
+
+    def start(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str | int] | None = None,
+        json: Any = None,
+    ) -> None:
+        """``send`` in two halves: the first attempt goes out now, ``finish`` returns its answer
+        (or, when it failed, retries as ``send`` does; the failed attempt counts as a retry)."""
+        self._started = (method, path, params, json)
+        try:
+            self.client.send(method, path, params, json)
+            self._in_flight = True
+        except (OSError, http.client.HTTPException):
+            self._in_flight = False
+
+    def fileno(self) -> int:
+        """Readable once the answer to ``start`` is in; -1 when ``finish`` will not wait."""
+        return self.client.fileno() if self._in_flight else -1
+
+    def finish(self) -> Any:
+        if self._started is None:
+            raise RuntimeError("finish() without start()")
+        (method, path, params, json), self._started = self._started, None
+        if self._in_flight:
+            self._in_flight = False
+            try:
+                answer = self.client.receive()
+                if answer.status < 300:
+                    return answer.json()
+            except (OSError, http.client.HTTPException):
+                pass
+        self.retried += 1
+        return self.send(method, path, params, json)
 
     def close(self) -> None:
         self.client.close()
@@ -470,8 +506,7 @@ class HttpRanker:
             connect=connect,
         )
         self.counters = RankerStats()
-        self._asked: tuple[dict[str, str | int], set[str], float] | None = None
-        self._sent = False
+        self._asked: tuple[set[str], float] | None = None
 
     def recommend(self, user: str, k: int, exclude: set[str]) -> list[str]:
         self.ask(user, k, exclude)
@@ -485,36 +520,23 @@ class HttpRanker:
             "k": min(self.max_k, k + self.overfetch),
             "exclude_seen": "true",
         }
-        self._asked = (params, exclude, time.perf_counter())
+        self._asked = (exclude, time.perf_counter())
         self.counters.requests += 1
-        try:
-            self.inference.client.send("GET", RECOMMENDATIONS, params=params)
-            self._sent = True
-        except (OSError, http.client.HTTPException):
-            self._sent = False  # ``answer`` asks again, retrying
+        self.inference.start("GET", "/v1/recommendations", params=params)
 
     def fileno(self) -> int:
         """Readable once the answer to ``ask`` is in; -1 when ``answer`` will not wait for it."""
-        return self.inference.client.fileno() if self._sent else -1
+        return self.inference.fileno()
 
     def answer(self) -> list[str]:
         if self._asked is None:
             raise RuntimeError("answer() without ask()")
-        (params, exclude, started), self._asked = self._asked, None
-        body = None
-        if self._sent:
-            try:
-                answer = self.inference.client.receive()
-                body = answer.json() if answer.status < 300 else None
-            except (OSError, http.client.HTTPException):
-                pass
-        if body is None:  # not sent, no answer or an error status: the retrying path
-            self.inference.retried += 1
-            try:
-                body = self.inference.send("GET", RECOMMENDATIONS, params=params)
-            except ReplayError:
-                self.counters.failures += 1  # scored as a miss, like an empty list
-                return []
+        (exclude, started), self._asked = self._asked, None
+        try:
+            body = self.inference.finish()
+        except ReplayError:
+            self.counters.failures += 1  # scored as a miss, like an empty list
+            return []
         self.counters.latencies_s.append(time.perf_counter() - started)
         path = str(body.get("fallback"))
         self.counters.fallbacks[path] += 1
