@@ -133,6 +133,7 @@ def main() -> None:
 
     batch_events = batch["requests_per_s"] * options.batch_size
     results = {
+        "measured_at": datetime.now(UTC).isoformat(),
         "raw_producer": raw,
         "trivial_endpoint": base,
         "ingest_single": {**single, "events_per_s": single["requests_per_s"]},

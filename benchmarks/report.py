@@ -29,6 +29,12 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     return out
 
 
+def measured_at(data: dict[str, Any]) -> str | None:
+    """When a benchmark's results were measured (older files may not say), to the second."""
+    when = data.get("measured_at") or data.get("timestamp")
+    return str(when)[:19].replace("T", " ") + " UTC" if when else None
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -300,6 +306,9 @@ def build(results: Path) -> str:
     for title, name, render in SECTIONS:
         out += [f"## {title}", ""]
         data = _load(results / name)
+        if data and (when := measured_at(data)):
+            # make bench reruns only some benchmarks: a section from an older run says so.
+            out += [f"Measured at {when} (`{name}`).", ""]
         try:
             out += render(data) if data else [f"not run (`{name}` missing)"]
         except (KeyError, TypeError) as error:  # an older file without the fields used here

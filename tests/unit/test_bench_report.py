@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from benchmarks.inference_latency import saturation_bracket
@@ -164,3 +165,19 @@ def test_the_trainer_section_adds_publish_costs_only_where_measured() -> None:
     new = {"specs": {"default": {"median": {**median, "publish": publish}, "rounds": [{}]}}}
     row = trainer(new)[-1]
     assert row == "| default (1,682 items) | 50.0 | 15.0 (7.4 MB) | 6.0 | 2.50× |"
+
+
+def test_each_section_says_when_it_was_measured(tmp_path: Any) -> None:
+    # `make bench` reruns only some benchmarks: a section from an older run must say so.
+    (tmp_path / "model_freshness_quiet.json").write_text(
+        json.dumps({"timestamp": "2026-12-05T16:49:17.020770+00:00"})
+    )
+    (tmp_path / "scoring.json").write_text(
+        json.dumps({"measured_at": "2026-12-06T14:09:13.5+00:00", "results": {}})
+    )
+    (tmp_path / "ingest_throughput.json").write_text(json.dumps({"ratios": {}}))  # an older file
+    report = build(tmp_path)
+    assert "Measured at 2026-12-05 16:49:17 UTC (`model_freshness_quiet.json`)." in report
+    assert "Measured at 2026-12-06 14:09:13 UTC (`scoring.json`)." in report
+    ingest = report.split("## Ingest")[1].split("## ")[0]
+    assert "Measured at" not in ingest
