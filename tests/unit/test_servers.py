@@ -44,6 +44,28 @@ def test_a_listener_is_told_apart_by_its_session(tmp_path: Path) -> None:
     assert _session_listens_on(os.getsid(0), port) is False
 
 
+def test_a_listener_is_found_when_another_fd_closes_during_the_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readlink = os.readlink
+    failed: list[str] = []
+
+    def closing_meanwhile(path: str | os.PathLike[str]) -> str:
+        # The listener's own process: its first fd is gone by the time it is read.
+        if not failed and str(path).startswith(f"/proc/{os.getpid()}/fd/"):
+            failed.append(str(path))
+            raise FileNotFoundError(path)
+        return readlink(path)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        monkeypatch.setattr(os, "readlink", closing_meanwhile)
+        assert _session_listens_on(os.getsid(0), port) is True
+    assert failed
+
+
 @dataclass
 class _Sleeper(ManagedProcess):
     """A child that never binds its port, while the test process takes the port meanwhile."""
