@@ -48,6 +48,7 @@ from streamrec_dev.evaluation.replay import (
     HttpRanker,
     HttpRecommender,
     KeepAliveClient,
+    Request,
 )
 from streamrec_dev.evaluation.report import write_report
 from streamrec_dev.synthetic import DriftingClickstream
@@ -843,7 +844,7 @@ def test_keep_alive_client_reuses_its_connection_and_reopens_a_closed_one() -> N
         client = KeepAliveClient(f"http://127.0.0.1:{server.server_address[1]}/base", 5.0)
 
         def get(path: str, params: dict[str, str | int] | None = None) -> Answer:
-            client.send("GET", path, params)
+            client.send(Request("GET", path, params))
             return client.receive()
 
         assert get("/a", {"x": 1, "name[]": "m"}).json() == {"path": "/base/a?x=1&name%5B%5D=m"}

@@ -90,6 +90,17 @@ Connector = Callable[[str, int, float], Connection]  # host, port, timeout -> a 
 
 
 @dataclass(frozen=True)
+class Request:
+    """One request of the replay, as ``KeepAliveClient.send`` puts it on the wire (``path`` under
+    the client's base URL, ``params`` as the query string, ``json`` as the body)."""
+
+    method: str
+    path: str
+    params: dict[str, str | int] | None = None
+    json: Any = None
+
+
+@dataclass(frozen=True)
 class Answer:
     status: int
     body: bytes
@@ -119,22 +130,17 @@ class KeepAliveClient:
         self._connection: Connection | None = None  # idle, kept alive
         self._sent: Connection | None = None  # waiting for the answer to ``send``
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str | int] | None = None,
-        json: Any = None,
-    ) -> None:
+    def send(self, request: Request) -> None:
         """The request goes out; ``receive`` reads its answer (one at a time). Raises
         ``OSError`` or ``http.client.HTTPException`` when it could not be sent."""
-        url = self.path + path + (f"?{urlencode(params)}" if params else "")
-        body = None if json is None else orjson.dumps(json)
+        query = f"?{urlencode(request.params)}" if request.params else ""
+        url = self.path + request.path + query
+        body = None if request.json is None else orjson.dumps(request.json)
         headers = {} if body is None else {"content-type": "application/json"}
         connection = self._connection or self._connect(*self._address)
         self._connection = None
         try:
-            connection.request(method, url, body=body, headers=headers)
+            connection.request(request.method, url, body=body, headers=headers)
         except (OSError, http.client.HTTPException):
             connection.close()
             raise
@@ -187,22 +193,16 @@ class RetryingClient:
         self.retries = retries
         self.max_retry_wait_s = max_retry_wait_s
         self.retried = 0
-        self._started: tuple[str, str, dict[str, str | int] | None, Any] | None = None
+        self._started: Request | None = None
         self._in_flight = False  # ``start``'s request went out
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str | int] | None = None,
-        json: Any = None,
-    ) -> Any:
+    def send(self, request: Request) -> Any:
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 self.retried += 1
             try:
-                self.client.send(method, path, params, json)
+                self.client.send(request)
                 answer = self.client.receive()
             except (OSError, http.client.HTTPException) as error:
                 last = f"{type(error).__name__}: {error}"
@@ -215,20 +215,14 @@ class RetryingClient:
                 break
             wait = _retry_after(answer.retry_after, 0.1 * 2**attempt)
             time.sleep(min(self.max_retry_wait_s, wait))
-        raise ReplayError(f"{method} {self.client.base_url}{path}: {last}")
+        raise ReplayError(f"{request.method} {self.client.base_url}{request.path}: {last}")
 
-    def start(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str | int] | None = None,
-        json: Any = None,
-    ) -> None:
+    def start(self, request: Request) -> None:
         """``send`` in two halves: the first attempt goes out now, ``finish`` returns its answer
         (or, when it failed, retries as ``send`` does; the failed attempt counts as a retry)."""
-        self._started = (method, path, params, json)
+        self._started = request
         try:
-            self.client.send(method, path, params, json)
+            self.client.send(request)
             self._in_flight = True
         except (OSError, http.client.HTTPException):
             self._in_flight = False
@@ -240,7 +234,7 @@ class RetryingClient:
     def finish(self) -> Any:
         if self._started is None:
             raise RuntimeError("finish() without start()")
-        (method, path, params, json), self._started = self._started, None
+        request, self._started = self._started, None
         if self._in_flight:
             self._in_flight = False
             try:
@@ -250,7 +244,7 @@ class RetryingClient:
             except (OSError, http.client.HTTPException):
                 pass
         self.retried += 1
-        return self.send(method, path, params, json)
+        return self.send(request)
 
     def close(self) -> None:
         self.client.close()
@@ -365,7 +359,7 @@ class HttpFeed:
         for begin in range(0, len(interactions), self.batch_size):
             chunk = interactions[begin : begin + self.batch_size]
             body = {"events": [self.event_body(row) for row in chunk]}
-            results = self.ingest.send("POST", "/v1/events/batch", json=body)["results"]
+            results = self.ingest.send(Request("POST", "/v1/events/batch", json=body))["results"]
             for result in results:
                 if result.get("status") == "duplicate":
                     self.duplicates += 1
@@ -397,7 +391,7 @@ class HttpFeed:
             if self.next_at > now:
                 time.sleep(self.next_at - now)
         posting = time.perf_counter()
-        answer = self.ingest.send("POST", "/v1/events", json=self.event_body(interaction))
+        answer = self.ingest.send(Request("POST", "/v1/events", json=self.event_body(interaction)))
         self.events_post_s += time.perf_counter() - posting
         if answer.get("status") == "duplicate":
             self.duplicates += 1
@@ -522,7 +516,7 @@ class HttpRanker:
         }
         self._asked = (exclude, time.perf_counter())
         self.counters.requests += 1
-        self.inference.start("GET", "/v1/recommendations", params=params)
+        self.inference.start(Request("GET", "/v1/recommendations", params))
 
     def fileno(self) -> int:
         """Readable once the answer to ``ask`` is in; -1 when ``answer`` will not wait for it."""
