@@ -130,6 +130,11 @@ def test_a_process_runs_at_the_niceness_it_was_given(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + niceness)
+            # Its own session is scheduled as one group (autogroup): the group's priority too,
+            # or the nice value above ranks the process against nothing but itself.
+            group = Path(f"/proc/{pid}/autogroup")
+            if group.exists():
+                assert group.read_text().split()[-1] == str(niceness)
         finally:
             server.stop()
 
